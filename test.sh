@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 build/setup.sh
 dotnet build Moat.slnx -c Debug --nologo -v quiet
-exec dotnet test Moat.slnx -c Debug --no-build --nologo "$@"
+exec dotnet test Moat.slnx -c Debug --no-build --nologo --logger "console;verbosity=normal" "$@"

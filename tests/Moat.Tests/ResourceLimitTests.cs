@@ -68,9 +68,10 @@ public sealed class ResourceLimitTests(NodeFixture node) : SandboxTestBase(node)
             await Task.Delay(100);
         }
         var ran = await bomb;
-        // It never got past the limit, its own timeout took the whole group down, and the sandbox answers again.
+        // It never got past the limit; it ended (its own timeout, or the shell giving up when fork
+        // failed) with everything it started gone, and the sandbox answers again.
         Assert.InRange(peak, 2, 64);
-        Assert.True(ran.Exit.TimedOut);
+        Assert.True(ran.Exit.TimedOut || ran.ExitCode != 0, $"exit {ran.ExitCode}, timed out {ran.Exit.TimedOut}");
         Assert.Equal("alive\n", (await ShAsync(sb.Id, "echo alive")).Stdout);
         Assert.True((await Manager.GetUsageAsync(sb.Id, Tenant, CancellationToken.None))!.Pids < 10);
     }

@@ -46,15 +46,27 @@ internal sealed class QmpClient : IAsyncDisposable
     /// <summary>Connects, reads the greeting and leaves capability negotiation mode.</summary>
     public static async Task<QmpClient> ConnectAsync(string path, CancellationToken cancellationToken)
     {
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
+        Socket socket;
+        for (int attempt = 0; ; attempt++)
         {
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), cancellationToken).ConfigureAwait(false);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
+            socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), cancellationToken).ConfigureAwait(false);
+                break;
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable && attempt < 200)
+            {
+                // QEMU binds its socket (the file appears) a moment before it listens on it: on a
+                // loaded host that window is visible. The caller's timeout bounds the retries.
+                socket.Dispose();
+                await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
         }
         var client = new QmpClient(socket);
         try
