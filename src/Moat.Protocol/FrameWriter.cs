@@ -6,9 +6,11 @@ namespace Moat.Protocol;
 
 /// <summary>
 /// Writes frames to a stream. Safe to call from many tasks at once: each frame is written whole,
-/// under a lock, as one write.
+/// under a lock, as one write. A caller's cancellation stops it waiting for its turn, never in the
+/// middle of a frame: once a frame has started it is finished, unless <paramref name="channelClosing"/>
+/// (the channel going away) interrupts it, after which nothing more may be written.
 /// </summary>
-public sealed class FrameWriter(Stream stream) : IAsyncDisposable
+public sealed class FrameWriter(Stream stream, CancellationToken channelClosing = default) : IAsyncDisposable
 {
     private readonly SemaphoreSlim _lock = new(1, 1);
     private bool _broken;
@@ -65,7 +67,7 @@ public sealed class FrameWriter(Stream stream) : IAsyncDisposable
             if (_broken)
                 throw new IOException("the agent channel is broken by an earlier interrupted write");
             _broken = true;
-            await stream.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
+            await stream.WriteAsync(bytes, channelClosing).ConfigureAwait(false);
             _broken = false;
         }
         finally

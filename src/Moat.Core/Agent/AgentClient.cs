@@ -61,7 +61,7 @@ public sealed partial class AgentClient : IAsyncDisposable
         _options = options;
         _logger = logger;
         _reader = new FrameReader(stream, options.MaxFramePayload) { PayloadTimeout = options.FrameTimeout };
-        _writer = new FrameWriter(stream);
+        _writer = new FrameWriter(stream, _closing.Token);
         _receiveConnection = new CreditWindow(options.ConnectionWindow);
     }
 
