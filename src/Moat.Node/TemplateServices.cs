@@ -51,6 +51,7 @@ public static class TemplateServiceCollectionExtensions
         services.AddSingleton<TemplateCatalog>();
         services.AddSingleton(sp => new TemplateBuilder(sp.GetRequiredService<TemplateStore>(), sp.GetRequiredService<TemplatePuller>(), sp.GetRequiredService<Moat.Core.Sandboxes.SandboxManager>(),
             sp.GetRequiredService<SqliteDatabase>(), sp.GetRequiredService<IOptions<TemplateOptions>>().Value.Build, sp.GetRequiredService<ILogger<TemplateBuilder>>()));
+        services.AddSingleton<SandboxSnapshots>();
         return services;
     }
 }

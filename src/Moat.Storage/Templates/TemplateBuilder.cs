@@ -642,50 +642,8 @@ public sealed partial class TemplateBuilder(TemplateStore templates, TemplatePul
         return "";
     }
 
-    /// <summary>Writes a tar through <paramref name="write"/> straight into the layer store; null when it wrote no entry.</summary>
-    private async Task<string?> AddTarAsync(Func<TarWriter, Task<int>> write, CancellationToken cancellationToken)
-    {
-        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 4 << 20, resumeWriterThreshold: 2 << 20));
-        int entries = 0;
-        var writing = Task.Run(async () =>
-        {
-            try
-            {
-                await using (var stream = pipe.Writer.AsStream())
-                await using (var tar = new TarWriter(stream, TarEntryFormat.Pax, leaveOpen: true))
-                    entries = await write(tar).ConfigureAwait(false);
-            }
-            catch (Exception ex)
-            {
-                await pipe.Writer.CompleteAsync(ex).ConfigureAwait(false);
-                throw;
-            }
-        }, cancellationToken);
-        string diffId;
-        try
-        {
-            diffId = await templates.Images.AddLayerAsync(_ => Task.FromResult(pipe.Reader.AsStream()), null, cancellationToken).ConfigureAwait(false);
-        }
-        catch (Exception readerError)
-        {
-            // The writer's own error (a refused tree, a full disk) says more than the broken pipe.
-            try
-            {
-                await writing.ConfigureAwait(false);
-            }
-            catch (MoatException writerError)
-            {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(writerError);
-            }
-            catch (Exception)
-            {
-            }
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(readerError);
-            throw;
-        }
-        await writing.ConfigureAwait(false);
-        return entries == 0 ? null : diffId;
-    }
+    private Task<string?> AddTarAsync(Func<TarWriter, Task<int>> write, CancellationToken cancellationToken) =>
+        templates.AddTarLayerAsync(write, cancellationToken);
 
     private static string Hash(string previous, string step) =>
         Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(previous + "\n" + step)));
