@@ -36,6 +36,7 @@ public static class RemoteCommands
         root.Subcommands.Add(ExecVerb.Create());
         root.Subcommands.Add(FilesVerbs.Create());
         root.Subcommands.Add(TemplateVerbs.Create());
+        root.Subcommands.Add(SnapshotVerbs.Create());
         root.Subcommands.Add(KeyVerbs.Create());
     }
 

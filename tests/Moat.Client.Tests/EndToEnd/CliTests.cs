@@ -166,6 +166,39 @@ public sealed class CliTests(ServerFixture server, ITestOutputHelper output) : E
         }
     }
 
+    [SkippableFact]
+    public async Task Snapshot_verbs_create_fork_list_and_delete()
+    {
+        var source = await CreateAsync();
+        await source.Files.WriteAsync("/home/user/notes.txt", "kept\n", Timeout);
+        var name = "cli-snap-" + Guid.NewGuid().ToString("N")[..8];
+        var created = await MoatAsync("snapshot", "create", source.Id, name);
+        Assert.Equal(0, created.Exit);
+        Assert.StartsWith(name + "\t", created.Stdout);
+
+        var table = await MoatAsync("snapshot", "ls");
+        Assert.Contains(table.Stdout.Split('\n'), l => l.Contains(name, StringComparison.Ordinal) && l.Contains(source.Id, StringComparison.Ordinal));
+        var restored = await MoatAsync("sandbox", "create", "--template", name, "--isolation", "container", "--timeout", "120");
+        Assert.Equal(0, restored.Exit);
+        var restoredId = restored.Stdout.Trim();
+        Assert.Equal("kept\n", (await MoatAsync("exec", restoredId, "--", "cat", "/home/user/notes.txt")).Stdout);
+        Assert.Equal(1, (await MoatAsync("snapshot", "rm", name)).Exit); // in use
+        Assert.Equal(0, (await MoatAsync("sandbox", "kill", restoredId)).Exit);
+        Assert.Equal(0, (await MoatAsync("snapshot", "rm", name)).Exit);
+
+        var forked = await MoatAsync("snapshot", "fork", source.Id, "--count", "2");
+        Assert.Equal(0, forked.Exit);
+        var ids = forked.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, ids.Length);
+        foreach (var id in ids)
+        {
+            Assert.Equal("kept\n", (await MoatAsync("exec", id, "--", "cat", "/home/user/notes.txt")).Stdout);
+            Assert.Equal(0, (await MoatAsync("sandbox", "kill", id)).Exit);
+        }
+        var bad = await MoatAsync("snapshot", "fork", source.Id, "--count", "0");
+        Assert.Equal(2, bad.Exit);
+    }
+
     private Task<(int Exit, string Stdout, string Stderr)> MoatAsync(params string[] args) => RunCliAsync(null, args);
 
     private Task<(int Exit, string Stdout, string Stderr)> MoatWithStdinAsync(string stdin, params string[] args) => RunCliAsync(stdin, args);
