@@ -33,6 +33,16 @@ internal static class ExecEndpoints
         };
         var command = request.ToCommand();
         var stdin = ApiMapping.StdinOf(request.Stdin, request.StdinBase64);
+        // Background: answered at once with its pid, whichever answer format was asked for.
+        if (request.Background)
+        {
+            if (stdin.Length > 0)
+                throw MoatException.Invalid("invalid_stdin", "a background command takes no stdin");
+            int pid = await manager.StartBackgroundAsync(id, caller.TenantId, command with { Tag = request.Tag }, context.RequestAborted).ConfigureAwait(false);
+            await Results.Json(new ExecStartDto(pid), MoatJson.Default.ExecStartDto, statusCode: StatusCodes.Status202Accepted).ExecuteAsync(context).ConfigureAwait(false);
+            return;
+        }
+
         bool stream = context.Request.Headers.Accept.Any(a => a is not null && a.Contains(NdJson, StringComparison.OrdinalIgnoreCase));
         if (!stream)
         {
@@ -49,15 +59,6 @@ internal static class ExecEndpoints
                 StderrTruncated = result.StderrTruncated,
                 DurationMs = (long)result.Exit.Duration.TotalMilliseconds,
             }, MoatJson.Default.ExecResultDto).ExecuteAsync(context).ConfigureAwait(false);
-            return;
-        }
-
-        if (request.Background)
-        {
-            if (stdin.Length > 0)
-                throw MoatException.Invalid("invalid_stdin", "a background command takes no stdin");
-            int pid = await manager.StartBackgroundAsync(id, caller.TenantId, command with { Tag = request.Tag }, context.RequestAborted).ConfigureAwait(false);
-            await Results.Json(new ExecStartDto(pid), MoatJson.Default.ExecStartDto, statusCode: StatusCodes.Status202Accepted).ExecuteAsync(context).ConfigureAwait(false);
             return;
         }
 
