@@ -30,6 +30,16 @@ public interface ISandboxRuntime
     /// <summary>Resource use read from the host side (cgroups), which the sandbox cannot forge.</summary>
     Task<HostUsage?> ReadUsageAsync(RuntimeInstance instance, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Whether the host's readings miss what happens inside: a sandbox with a kernel of its own (a
+    /// microVM) confines its commands in the guest, and the host's cgroup holds only the VMM. The
+    /// manager then asks the agent and lets <see cref="CombineUsage"/> merge the two.
+    /// </summary>
+    bool UsageNeedsGuest => false;
+
+    /// <summary>The sandbox's usage from the host's readings and what its agent reported (only called when <see cref="UsageNeedsGuest"/>).</summary>
+    HostUsage CombineUsage(RuntimeInstance instance, HostUsage host, Protocol.Messages.Usage guest) => host;
+
     /// <summary>Freezes every process of the sandbox: no CPU, memory and files kept.</summary>
     Task PauseAsync(RuntimeInstance instance, CancellationToken cancellationToken) =>
         throw new Errors.MoatException(Errors.ErrorKind.Conflict, "pause_unsupported", $"the {Tier.Name()} tier cannot pause sandboxes on this host");

@@ -228,7 +228,24 @@ public sealed partial class SandboxManager : IAsyncDisposable
     public async Task<HostUsage?> GetUsageAsync(string id, string tenantId, CancellationToken cancellationToken)
     {
         var live = await RunningAsync(id, tenantId, cancellationToken).ConfigureAwait(false);
-        return live.Record.Instance is { } instance && live.Runtime is not null ? await live.Runtime.ReadUsageAsync(instance, cancellationToken).ConfigureAwait(false) : null;
+        if (live.Record.Instance is not { } instance || live.Runtime is not { } runtime)
+            return null;
+        var host = await runtime.ReadUsageAsync(instance, cancellationToken).ConfigureAwait(false);
+        // A paused guest cannot answer; the host's readings (the VMM's, frozen) are all there is.
+        if (host is null || !runtime.UsageNeedsGuest || live.Record.State != SandboxState.Running || live.Agent is not { } agent)
+            return host;
+        try
+        {
+            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            bounded.CancelAfter(TimeSpan.FromSeconds(10));
+            return runtime.CombineUsage(instance, host, await agent.UsageAsync(bounded.Token).ConfigureAwait(false));
+        }
+        catch (Exception ex) when (ex is MoatException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            // The guest's own figures are unavailable (its agent is busy or gone): the host's readings stand.
+            LogGuestUsageFailed(_logger, id, ex.Message);
+            return host;
+        }
     }
 
     /// <summary>Ends every sandbox whose lifetime is over. Called by the reaper.</summary>
