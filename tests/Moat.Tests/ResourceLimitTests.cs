@@ -70,7 +70,17 @@ public sealed class ResourceLimitTests(NodeFixture node) : SandboxTestBase(node)
         var ran = await bomb;
         // It never got past the limit; it ended (its own timeout, or the shell giving up when fork
         // failed) with everything it started gone, and the sandbox answers again.
-        Assert.InRange(peak, 2, 64);
+        if (tier == IsolationTier.Microvm)
+        {
+            // A VM's processes are counted by its agent, through the guest's cgroup: each sample
+            // is a round trip into a guest whose one (emulated) vCPU the bomb saturates, so the few
+            // samples taken may all fall after the bomb collapsed. That the guest's pids limit
+            // refused forks is what shows the bomb reached it (the kernel keeps it from passing it).
+            Assert.InRange(peak, 0, 64);
+            Assert.True((await Manager.GetUsageAsync(sb.Id, Tenant, CancellationToken.None))!.PidsLimitHits > 0, "the guest's pids limit should have refused forks");
+        }
+        else
+            Assert.InRange(peak, 2, 64);
         Assert.True(ran.Exit.TimedOut || ran.Exit.ExitCode != 0, $"exit {ran.Exit.ExitCode}, timed out {ran.Exit.TimedOut}");
         Assert.Equal("alive\n", (await ShAsync(sb.Id, "echo alive")).Stdout);
         Assert.True((await Manager.GetUsageAsync(sb.Id, Tenant, CancellationToken.None))!.Pids < 10);
