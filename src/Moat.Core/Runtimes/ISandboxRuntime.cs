@@ -24,6 +24,14 @@ public interface ISandboxRuntime
     /// <summary>Whether the sandbox's processes still exist (used to tell a dead agent from a broken channel, and on re-adoption).</summary>
     Task<InstanceStatus> InspectAsync(RuntimeInstance instance, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Waits until this tier may start one more sandbox, for tiers whose starts are expensive
+    /// enough (a microVM's boot) to be admitted a few at a time. The manager calls it before a
+    /// create's deadline starts running and disposes the result once the sandbox answers or failed.
+    /// Default: no wait.
+    /// </summary>
+    Task<IDisposable?> AdmitStartAsync(CancellationToken cancellationToken) => Task.FromResult<IDisposable?>(null);
+
     /// <summary>Kills the sandbox and removes every trace of it: processes, mounts, cgroups, files. Idempotent.</summary>
     Task DestroyAsync(RuntimeInstance instance, CancellationToken cancellationToken);
 

@@ -259,7 +259,6 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
             },
         };
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        bool admitted = false;
         try
         {
             // The initramfs is rebuilt when the agent was rebuilt since the probe.
@@ -278,11 +277,6 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
             cgroup.Create((long)hostMiB << 20, r.Cpus, 512);
 
             var args = QemuArguments(launch, paths, prepared, initramfs, disk, guestMiB);
-            // A boot is CPU-bound (under TCG, seconds of it): admitting a few at a time lets each
-            // finish quickly instead of all crawling together past their timeout, and the boot
-            // timeout then measures the guest rather than the queue before it.
-            await _boots.WaitAsync(cancellationToken).ConfigureAwait(false);
-            admitted = true;
             int pid = await LaunchAsync(paths, cgroup, args, cancellationToken).ConfigureAwait(false);
             instance = instance with { Pid = pid, AgentPid = pid };
             var machine = await QemuMachine.AttachAsync(launch.Id, paths, _logger, cancellationToken).ConfigureAwait(false);
@@ -316,10 +310,37 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
             await DestroyAsync(instance, CancellationToken.None).ConfigureAwait(false);
             throw;
         }
-        finally
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// A boot is CPU-bound (under TCG, seconds of it): admitting a few at a time lets each finish
+    /// quickly instead of all crawling together past their deadline, and the boot timeout then
+    /// measures the guest rather than the queue before it.
+    /// </remarks>
+    public async Task<IDisposable?> AdmitStartAsync(CancellationToken cancellationToken)
+    {
+        await _boots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return new BootSlot(_boots);
+    }
+
+    /// <summary>One admitted boot; disposing it (once) lets the next one in.</summary>
+    private sealed class BootSlot(SemaphoreSlim boots) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
         {
-            if (admitted)
-                _boots.Release();
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+                return;
+            try
+            {
+                boots.Release();
+            }
+            catch (ObjectDisposedException)
+            {
+                // The runtime shut down while this boot was in flight: nobody waits any more.
+            }
         }
     }
 
