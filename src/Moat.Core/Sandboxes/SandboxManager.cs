@@ -226,7 +226,10 @@ public sealed partial class SandboxManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Resource use of a running sandbox, measured on the host.</summary>
+    /// <summary>
+    /// Resource use of a running sandbox, measured on the host; for a sandbox with a kernel of its
+    /// own (a microVM) completed with what its agent sees inside (memory, processes, OOM kills).
+    /// </summary>
     public async Task<HostUsage?> GetUsageAsync(string id, string tenantId, CancellationToken cancellationToken)
     {
         var live = await RunningAsync(id, tenantId, cancellationToken).ConfigureAwait(false);
