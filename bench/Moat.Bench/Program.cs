@@ -37,6 +37,8 @@ public static class Program
         await using var bench = await Bench.StartAsync(tier);
         JsonObject result = scenario switch
         {
+            "create" when tier == IsolationTier.Microvm => await MicrovmScenarios.CreateAsync(bench, n),
+            "exec" when tier == IsolationTier.Microvm => await MicrovmScenarios.ExecAsync(bench, n),
             "create" => await Scenarios.CreateAsync(bench, n),
             "exec" => await Scenarios.ExecAsync(bench, n),
             "oneshot" => await Scenarios.OneShotAsync(bench, n),

@@ -83,10 +83,28 @@ internal static unsafe class GuestConfinement
     /// <summary>How many times the commands' memory limit made the guest kernel kill a process (0 outside a VM).</summary>
     public static long OomKills() => ReadKey("memory.events", "oom_kill");
 
+    /// <summary>Memory the commands' cgroup uses now, in bytes (0 outside a VM).</summary>
+    public static ulong MemoryCurrent() => ReadNumber("memory.current");
+
+    /// <summary>Highest memory use of the commands' cgroup, in bytes (0 outside a VM, or on a kernel without memory.peak).</summary>
+    public static ulong MemoryPeak() => ReadNumber("memory.peak");
+
+    /// <summary>Tasks in the commands' cgroup now (0 outside a VM).</summary>
+    public static ulong Pids() => ReadNumber("pids.current");
+
+    /// <summary>How many forks the commands' pids limit refused (0 outside a VM).</summary>
+    public static long PidsLimitHits() => ReadKey("pids.events", "max");
+
     /// <summary>The commands' memory limit in bytes, or 0 when there is none (outside a VM).</summary>
     public static ulong MemoryLimit()
     {
         var text = ReadFile("memory.max")?.Trim();
+        return text is not null && ulong.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong v) ? v : 0;
+    }
+
+    private static ulong ReadNumber(string file)
+    {
+        var text = ReadFile(file)?.Trim();
         return text is not null && ulong.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong v) ? v : 0;
     }
 

@@ -51,6 +51,16 @@ internal sealed unsafe class UsageCollector(ProcessTable table, bool ownKernel)
         ulong limit = CgroupMemoryLimit();
         if (limit > 0)
             usage.MemoryLimitBytes = limit;
+        if (Init.GuestConfinement.Active)
+        {
+            // A VM guest: the commands' cgroup is the sandbox, as the host's cgroup is elsewhere
+            // (the guest kernel and the agent live outside it, in the guest RAM Moat adds on top).
+            usage.MemoryBytes = Init.GuestConfinement.MemoryCurrent();
+            usage.GuestMemoryPeakBytes = Init.GuestConfinement.MemoryPeak();
+            usage.GuestOomKills = (ulong)Math.Max(0, Init.GuestConfinement.OomKills());
+            usage.GuestPids = Init.GuestConfinement.Pids();
+            usage.GuestPidsLimitHits = (ulong)Math.Max(0, Init.GuestConfinement.PidsLimitHits());
+        }
 
         MoatStatfs fs;
         int r;

@@ -24,11 +24,29 @@ public interface ISandboxRuntime
     /// <summary>Whether the sandbox's processes still exist (used to tell a dead agent from a broken channel, and on re-adoption).</summary>
     Task<InstanceStatus> InspectAsync(RuntimeInstance instance, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Waits until this tier may start one more sandbox, for tiers whose starts are expensive
+    /// enough (a microVM's boot) to be admitted a few at a time. The manager calls it before a
+    /// create's deadline starts running and disposes the result once the sandbox answers or failed.
+    /// Default: no wait.
+    /// </summary>
+    Task<IDisposable?> AdmitStartAsync(CancellationToken cancellationToken) => Task.FromResult<IDisposable?>(null);
+
     /// <summary>Kills the sandbox and removes every trace of it: processes, mounts, cgroups, files. Idempotent.</summary>
     Task DestroyAsync(RuntimeInstance instance, CancellationToken cancellationToken);
 
     /// <summary>Resource use read from the host side (cgroups), which the sandbox cannot forge.</summary>
     Task<HostUsage?> ReadUsageAsync(RuntimeInstance instance, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Whether the host's readings miss what happens inside: a sandbox with a kernel of its own (a
+    /// microVM) confines its commands in the guest, and the host's cgroup holds only the VMM. The
+    /// manager then asks the agent and lets <see cref="CombineUsage"/> merge the two.
+    /// </summary>
+    bool UsageNeedsGuest => false;
+
+    /// <summary>The sandbox's usage from the host's readings and what its agent reported (only called when <see cref="UsageNeedsGuest"/>).</summary>
+    HostUsage CombineUsage(RuntimeInstance instance, HostUsage host, Protocol.Messages.Usage guest) => host;
 
     /// <summary>Freezes every process of the sandbox: no CPU, memory and files kept.</summary>
     Task PauseAsync(RuntimeInstance instance, CancellationToken cancellationToken) =>

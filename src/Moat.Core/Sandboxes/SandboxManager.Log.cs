@@ -36,4 +36,7 @@ public sealed partial class SandboxManager
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Removing stray sandbox directory {SandboxId}")]
     private static partial void LogStray(ILogger logger, string sandboxId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Sandbox {SandboxId}: its agent did not report the guest's usage ({Error}); reporting the host's readings only")]
+    private static partial void LogGuestUsageFailed(ILogger logger, string sandboxId, string error);
 }

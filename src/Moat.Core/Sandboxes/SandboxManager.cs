@@ -81,6 +81,8 @@ public sealed partial class SandboxManager : IAsyncDisposable
             await _createGate.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
+                // Waiting for the tier's admission is queueing, not a slow start: it happens before the create's deadline.
+                using var admission = await runtime.AdmitStartAsync(cancellationToken).ConfigureAwait(false);
                 return await CreateCoreAsync(spec, tenantId, runtime, template, cancellationToken).ConfigureAwait(false);
             }
             finally
@@ -224,11 +226,31 @@ public sealed partial class SandboxManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Resource use of a running sandbox, measured on the host.</summary>
+    /// <summary>
+    /// Resource use of a running sandbox, measured on the host; for a sandbox with a kernel of its
+    /// own (a microVM) completed with what its agent sees inside (memory, processes, OOM kills).
+    /// </summary>
     public async Task<HostUsage?> GetUsageAsync(string id, string tenantId, CancellationToken cancellationToken)
     {
         var live = await RunningAsync(id, tenantId, cancellationToken).ConfigureAwait(false);
-        return live.Record.Instance is { } instance && live.Runtime is not null ? await live.Runtime.ReadUsageAsync(instance, cancellationToken).ConfigureAwait(false) : null;
+        if (live.Record.Instance is not { } instance || live.Runtime is not { } runtime)
+            return null;
+        var host = await runtime.ReadUsageAsync(instance, cancellationToken).ConfigureAwait(false);
+        // A paused guest cannot answer; the host's readings (the VMM's, frozen) are all there is.
+        if (host is null || !runtime.UsageNeedsGuest || live.Record.State != SandboxState.Running || live.Agent is not { } agent)
+            return host;
+        try
+        {
+            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            bounded.CancelAfter(TimeSpan.FromSeconds(10));
+            return runtime.CombineUsage(instance, host, await agent.UsageAsync(bounded.Token).ConfigureAwait(false));
+        }
+        catch (Exception ex) when (ex is MoatException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            // The guest's own figures are unavailable (its agent is busy or gone): the host's readings stand.
+            LogGuestUsageFailed(_logger, id, ex.Message);
+            return host;
+        }
     }
 
     /// <summary>Ends every sandbox whose lifetime is over. Called by the reaper.</summary>

@@ -99,6 +99,14 @@ internal sealed partial class QemuMachine : IAsyncDisposable
         return Printable(bytes);
     }
 
+    /// <summary>Stops the guest's vCPUs (QMP <c>stop</c>): the guest's memory, devices and disks stay as they are.</summary>
+    public Task StopAsync(CancellationToken cancellationToken) =>
+        QmpTimeouts.WithTimeoutAsync(ct => _qmp.ExecuteAsync("stop", null, ct), "stop", cancellationToken);
+
+    /// <summary>Lets a stopped guest's vCPUs run on (QMP <c>cont</c>).</summary>
+    public Task ContinueAsync(CancellationToken cancellationToken) =>
+        QmpTimeouts.WithTimeoutAsync(ct => _qmp.ExecuteAsync("cont", null, ct), "cont", cancellationToken);
+
     /// <summary>Asks QEMU to exit.</summary>
     public async Task QuitAsync(CancellationToken cancellationToken)
     {

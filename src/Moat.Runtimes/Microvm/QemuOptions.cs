@@ -46,6 +46,9 @@ public sealed class QemuOptions
     /// <summary>How long a guest has to boot until its agent opens the port; 0 uses Moat:AgentStartTimeoutSeconds.</summary>
     public int BootTimeoutSeconds { get; set; }
 
+    /// <summary>How many guests may boot at once (the rest wait their turn before QEMU starts); 0: the number of host CPUs, at least 2.</summary>
+    public int ConcurrentBoots { get; set; }
+
     /// <summary>Where kernel-derived initramfs images and per-template disk images are cached; empty: DATA/cache/microvm.</summary>
     public string ImageCache { get; set; } = "";
 }

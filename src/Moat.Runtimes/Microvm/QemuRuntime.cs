@@ -25,6 +25,8 @@ namespace Moat.Runtimes.Microvm;
 public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
 {
     private const string Kvm = "kvm", Tcg = "tcg";
+    /// <summary>The sandbox's memory limit (its commands' cgroup in the guest), kept with the instance.</summary>
+    private const string MemoryLimitProperty = "memory_limit_bytes";
     private readonly ProcessRunner _runner;
     private readonly ScratchVolumes _scratch;
     private readonly QemuOptions _options;
@@ -34,6 +36,7 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
     private readonly ConcurrentDictionary<string, QemuMachine> _machines = new();
     private readonly ConcurrentDictionary<string, string> _exitReports = new();
     private readonly SemaphoreSlim _probeLock = new(1, 1);
+    private readonly SemaphoreSlim _boots;
     private Prepared? _prepared;
 
     /// <summary>What a probe established: the kernel, the initramfs built for it, the accelerator.</summary>
@@ -48,6 +51,8 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
         _manager = manager.Value;
         _logger = logger;
         _disks = new TemplateDisks(CacheDirectory, runner);
+        int boots = _options.ConcurrentBoots > 0 ? _options.ConcurrentBoots : Math.Max(2, Environment.ProcessorCount);
+        _boots = new SemaphoreSlim(boots, boots);
     }
 
     /// <inheritdoc />
@@ -246,7 +251,12 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
             ContainerId = launch.Id,
             Directory = launch.Directory,
             AgentSocket = paths.AgentSocket,
-            Properties = new Dictionary<string, string> { ["cgroup"] = cgroupPath, ["accelerator"] = prepared.Accelerator },
+            Properties = new Dictionary<string, string>
+            {
+                ["cgroup"] = cgroupPath,
+                ["accelerator"] = prepared.Accelerator,
+                [MemoryLimitProperty] = ((long)launch.Resources.MemoryMiB << 20).ToString(CultureInfo.InvariantCulture),
+            },
         };
         var clock = System.Diagnostics.Stopwatch.StartNew();
         try
@@ -299,6 +309,38 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
         {
             await DestroyAsync(instance, CancellationToken.None).ConfigureAwait(false);
             throw;
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// A boot is CPU-bound (under TCG, seconds of it): admitting a few at a time lets each finish
+    /// quickly instead of all crawling together past their deadline, and the boot timeout then
+    /// measures the guest rather than the queue before it.
+    /// </remarks>
+    public async Task<IDisposable?> AdmitStartAsync(CancellationToken cancellationToken)
+    {
+        await _boots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return new BootSlot(_boots);
+    }
+
+    /// <summary>One admitted boot; disposing it (once) lets the next one in.</summary>
+    private sealed class BootSlot(SemaphoreSlim boots) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+                return;
+            try
+            {
+                boots.Release();
+            }
+            catch (ObjectDisposedException)
+            {
+                // The runtime shut down while this boot was in flight: nobody waits any more.
+            }
         }
     }
 
@@ -512,6 +554,41 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// QMP <c>stop</c>: the vCPUs halt and the guest's clock with them, so no guest code runs and
+    /// QEMU's cgroup gets no CPU for it; guest RAM, the page cache and the disks stay as they are.
+    /// QEMU itself keeps serving QMP (and the agent's socket, whose data waits until resume).
+    /// </remarks>
+    public async Task PauseAsync(RuntimeInstance instance, CancellationToken cancellationToken)
+    {
+        var machine = await RunningMachineAsync(instance, cancellationToken).ConfigureAwait(false);
+        await machine.StopAsync(cancellationToken).ConfigureAwait(false);
+        if (await machine.StatusAsync(cancellationToken).ConfigureAwait(false) is var status and not "paused")
+            throw new MoatException(ErrorKind.Internal, "pause_failed", $"the microVM of sandbox {instance.ContainerId} is '{status}' after QMP stop, not paused");
+    }
+
+    /// <inheritdoc />
+    public async Task ResumeAsync(RuntimeInstance instance, CancellationToken cancellationToken)
+    {
+        var machine = await RunningMachineAsync(instance, cancellationToken).ConfigureAwait(false);
+        // A guest that powered off while paused (status "shutdown") must not be continued.
+        if (await machine.StatusAsync(cancellationToken).ConfigureAwait(false) is var status and not ("paused" or "running"))
+            throw new MoatException(ErrorKind.Conflict, "sandbox_not_running", $"the microVM of sandbox {instance.ContainerId} is '{status}' and cannot resume");
+        await machine.ContinueAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task<QemuMachine> RunningMachineAsync(RuntimeInstance instance, CancellationToken cancellationToken)
+    {
+        var paths = new VmPaths(instance.Directory);
+        if (instance.Pid is not { } pid || !IsOurQemu(pid, paths))
+            throw new MoatException(ErrorKind.Conflict, "sandbox_not_running", $"the microVM of sandbox {instance.ContainerId} is not running");
+        var machine = await MachineAsync(instance, paths, cancellationToken).ConfigureAwait(false);
+        if (machine is null || machine.Stopped.IsCompleted)
+            throw new MoatException(ErrorKind.Unavailable, "vmm_unreachable", $"the QMP monitor of sandbox {instance.ContainerId}'s microVM does not answer");
+        return machine;
+    }
+
+    /// <inheritdoc />
     public async Task DestroyAsync(RuntimeInstance instance, CancellationToken cancellationToken)
     {
         var paths = new VmPaths(instance.Directory);
@@ -611,6 +688,31 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
     }
 
     /// <inheritdoc />
+    /// <remarks>The host's cgroup holds QEMU: guest RAM, the guest kernel, QEMU itself. The sandbox's own memory, processes and OOM kills are in the guest.</remarks>
+    public bool UsageNeedsGuest => true;
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// CPU stays the host's reading of QEMU's cgroup: every vCPU and emulation cycle the VM cost
+    /// the host, which is what the CPU limit (that cgroup's CFS quota) bounds and what a user is
+    /// billed for. Memory, processes and their limits are the guest's view, as in the container
+    /// tiers: the commands' cgroup the agent keeps inside the guest, with the sandbox's policy
+    /// limit (known to the host; the guest's word is not needed for it). OOM kills add the guest's
+    /// (a command killed at the sandbox's limit) to the host's (QEMU killed at its own). Disk stays
+    /// the host's view of the scratch volume.
+    /// </remarks>
+    public HostUsage CombineUsage(RuntimeInstance instance, HostUsage host, Protocol.Messages.Usage guest) => host with
+    {
+        MemoryBytes = (long)Math.Min(guest.MemoryBytes, long.MaxValue),
+        MemoryPeakBytes = (long)Math.Min(Math.Max(guest.GuestMemoryPeakBytes, guest.MemoryBytes), long.MaxValue),
+        MemoryLimitBytes = instance.Properties.TryGetValue(MemoryLimitProperty, out var limit) && long.TryParse(limit, NumberStyles.None, CultureInfo.InvariantCulture, out long bytes)
+            ? bytes : (long)Math.Min(guest.MemoryLimitBytes, long.MaxValue),
+        OomKills = host.OomKills + (long)Math.Min(guest.GuestOomKills, int.MaxValue),
+        Pids = (long)Math.Min(guest.GuestPids, int.MaxValue),
+        PidsLimitHits = host.PidsLimitHits + (long)Math.Min(guest.GuestPidsLimitHits, int.MaxValue),
+    };
+
+    /// <inheritdoc />
     public async ValueTask DisposeAsync()
     {
         // The VMs live on (a restarted server re-adopts them); only the QMP connections close.
@@ -618,6 +720,7 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
             await machine.DisposeAsync().ConfigureAwait(false);
         _machines.Clear();
         _probeLock.Dispose();
+        _boots.Dispose();
     }
 
     // ---- helpers ----
