@@ -126,6 +126,41 @@ public sealed class TerminalTests(ServerFixture server, ITestOutputHelper output
         Assert.Contains("sb000000000000000000", gone.Stderr);
     }
 
+    [SkippableFact]
+    public async Task Moat_sandbox_shell_on_a_terminal_is_raw_and_follows_window_resizes()
+    {
+        Skip.If(!File.Exists("/usr/bin/python3"), "python3 (which drives the CLI on a pseudo-terminal) is not installed");
+        var sandbox = await CreateAsync();
+        var script = Path.Combine(Repo.Root, "tests", "Moat.Client.Tests", "EndToEnd", "Scripts", "shell_on_a_tty.py");
+        var start = new System.Diagnostics.ProcessStartInfo("/usr/bin/python3")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var arg in new[] { script, MoatCli.Path(), sandbox.Id })
+            start.ArgumentList.Add(arg);
+        start.Environment["MOAT_URL"] = Server.Url.AbsoluteUri;
+        start.Environment["MOAT_API_KEY"] = Server.AdminKey;
+        start.Environment["DOTNET_NOLOGO"] = "1";
+        start.Environment["TERM"] = "xterm";
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync(Timeout);
+        var stderr = process.StandardError.ReadToEndAsync(Timeout);
+        try
+        {
+            await process.WaitForExitAsync(Timeout);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw;
+        }
+        _output.WriteLine(await stdout);
+        _output.WriteLine(await stderr);
+        Assert.True(process.ExitCode == 0, $"the terminal session failed:\n{await stdout}\n{await stderr}");
+    }
+
     /// <summary>A client end of the terminal WebSocket that collects what the terminal shows.</summary>
     private sealed class Terminal : IAsyncDisposable
     {
