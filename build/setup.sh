@@ -14,6 +14,9 @@ fi
 
 # 1. Debian packages.
 packages=(runc runsc qemu-system-x86 qemu-utils busybox-static nftables iproute2 mmdebstrap e2fsprogs tar gcc libc6-dev docker-registry skopeo musl-tools lz4)
+# Node and npm run the stock E2B SDKs in the E2B compatibility tests (tests/e2b). A node that is
+# already there (e.g. NodeSource's nodejs, which bundles npm and conflicts with Debian's npm) is kept.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -28,8 +28,9 @@ public sealed record CodeResultItemDto
     /// <summary>The value of the last expression (not something displayed on the way).</summary>
     public bool IsMainResult { get; init; }
     /// <summary>The representations.</summary>
+    /// <remarks>Settable, not init-only: System.Text.Json cannot bind extension data through the initializer it generates for init-only properties.</remarks>
     [JsonExtensionData]
-    public Dictionary<string, JsonElement> Formats { get; init; } = [];
+    public Dictionary<string, JsonElement> Formats { get; set; } = [];
 }
 
 /// <summary>The exception a cell raised.</summary>

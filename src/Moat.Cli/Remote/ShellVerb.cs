@@ -119,7 +119,11 @@ internal static class ShellVerb
     {
         try
         {
-            await using var stdin = Console.OpenStandardInput();
+            // On a terminal, fd 0 itself: .NET's console stream would read through its own line
+            // editor (echoing locally, turning Ctrl+C into a signal for this process) and undo raw mode.
+            await using var stdin = interactive
+                ? new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, bufferSize: 0)
+                : Console.OpenStandardInput();
             var buffer = new byte[4096];
             int n;
             while ((n = await stdin.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox, SandboxNotFoundError } from 'e2b';
-import { withSandbox } from './helpers.mjs';
+import { withSandbox, short } from './helpers.mjs';
 
 test('Sandbox.create with metadata, envs and timeout; getInfo reports them', async () => {
   const run = `run-${process.pid}-${Date.now()}`;
@@ -56,4 +56,16 @@ test('a sandbox whose timeout passes is gone', async () => {
   const sbx = await Sandbox.create({ timeoutMs: 2_000 });
   await new Promise((r) => setTimeout(r, 3_500));
   assert.equal(await sbx.isRunning(), false);
+});
+
+// Moat has no block list (everything not allowed is denied), so a denyOut it cannot enforce is
+// refused with a reason instead of being dropped; denying everything works.
+test('network rules: denyOut of one destination is refused, deny-all is accepted', async () => {
+  const run = `deny-${process.pid}-${Date.now()}`;
+  await assert.rejects(() => Sandbox.create({ ...short, metadata: { run }, network: { denyOut: ['8.8.8.8/32'] } }), (e) => /denyOut/.test(e.message) && /allowOut/.test(e.message));
+  const left = await Sandbox.list({ query: { metadata: { run } } }).nextItems();
+  assert.deepEqual(left, [], 'the refused create left no sandbox');
+  await withSandbox(Sandbox, { network: { denyOut: ['0.0.0.0/0'] } }, async (sbx) => {
+    assert.equal((await sbx.commands.run('echo up')).stdout, 'up\n');
+  });
 });

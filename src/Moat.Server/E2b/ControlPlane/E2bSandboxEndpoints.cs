@@ -94,8 +94,18 @@ internal static class E2bSandboxEndpoints
     private static NetworkDto? NetworkOf(NewSandbox body)
     {
         var allow = body.Network?.AllowOut ?? [];
+        var deny = body.Network?.DenyOut ?? [];
+        // An allow list denies everything else (and E2B lets allowOut win over denyOut), so denyOut
+        // beside it changes nothing. Alone, only "deny everything" can be honoured: Moat has no
+        // block list, and a rule it cannot enforce is refused, never dropped.
         if (allow.Count > 0)
             return new NetworkDto { Mode = "allow", Allow = allow };
+        if (deny.Count > 0)
+        {
+            if (deny.All(d => d.Trim() is "0.0.0.0/0" or "::/0"))
+                return new NetworkDto { Mode = "none" };
+            throw MoatException.Invalid("unsupported", $"network.denyOut without allowOut can only be [\"0.0.0.0/0\"] on Moat (it has no block list; everything not allowed is denied): list what the sandbox may reach in network.allowOut instead of {string.Join(", ", deny)}");
+        }
         if (body.AllowInternetAccess == true)
             return new NetworkDto { Mode = "open" };
         return null;
