@@ -18,17 +18,18 @@ internal static class ApiObservation
     public static async Task InvokeAsync(HttpContext context, Func<Task> next)
     {
         long start = Stopwatch.GetTimestamp();
+        var scope = AuditScope.Begin();
         try
         {
             await next().ConfigureAwait(false);
         }
         finally
         {
-            Record(context, Stopwatch.GetElapsedTime(start));
+            Record(context, scope, Stopwatch.GetElapsedTime(start));
         }
     }
 
-    private static void Record(HttpContext context, TimeSpan elapsed)
+    private static void Record(HttpContext context, AuditScope scope, TimeSpan elapsed)
     {
         var path = context.Request.Path.Value ?? "";
         if (path is "/healthz" or "/readyz" or "/metrics" || path.StartsWith("/openapi/", StringComparison.Ordinal))
@@ -44,6 +45,7 @@ internal static class ApiObservation
         string? sandbox = null;
         if (context.Request.RouteValues.TryGetValue("id", out var id) && id is string s && (route?.Contains("sandboxes/{id}", StringComparison.Ordinal) ?? false))
             sandbox = s;
+        sandbox ??= scope.CreatedSandboxId;
         var result = status.ToString(CultureInfo.InvariantCulture) + (code is null ? "" : " " + code);
         audit.Append(AuditKinds.Api, $"{context.Request.Method} {route ?? path}", caller?.TenantId, caller?.KeyId, sandbox, result, AuditHook.Json(w =>
         {

@@ -10,8 +10,12 @@ namespace Moat.Server.Audit;
 public sealed class AuditHook(AuditLog log) : ISandboxHook
 {
     /// <inheritdoc />
-    public void OnLifecycle(SandboxRecord record, string kind, HostUsage? usage) =>
-        log.Append(AuditKinds.Lifecycle, kind, record.TenantId, null, record.Id, record.StateReason is { } reason ? $"{record.State.Name()}: {reason}" : record.State.Name(),
+    public void OnLifecycle(SandboxRecord record, string kind, HostUsage? usage)
+    {
+        var scope = AuditScope.Current;
+        if (scope is not null && kind == SandboxEvents.Created)
+            scope.CreatedSandboxId = record.Id;
+        log.Append(AuditKinds.Lifecycle, kind, record.TenantId, KeyOf(scope, record), record.Id, record.StateReason is { } reason ? $"{record.State.Name()}: {reason}" : record.State.Name(),
             Json(w =>
             {
                 w.WriteString("tier", record.Spec.Tier.Name());
@@ -22,10 +26,15 @@ public sealed class AuditHook(AuditLog log) : ISandboxHook
                 if (usage is not null)
                     w.WriteNumber("cpuSeconds", Math.Round(usage.CpuTime.TotalSeconds, 3));
             }));
+    }
+
+    /// <summary>The key behind the current request, when it acts on this tenant's sandbox.</summary>
+    private static string? KeyOf(AuditScope? scope, SandboxRecord record) =>
+        scope?.Caller is { } caller && caller.TenantId == record.TenantId ? caller.KeyId : null;
 
     /// <inheritdoc />
     public void OnCommand(SandboxRecord record, CommandAuditInfo command) =>
-        log.Append(AuditKinds.Command, command.Detached ? "exec.background" : "exec", record.TenantId, null, record.Id,
+        log.Append(AuditKinds.Command, command.Detached ? "exec.background" : "exec", record.TenantId, KeyOf(AuditScope.Current, record), record.Id,
             command.Exit is { } exit ? "exit " + exit.ExitCode.ToString(CultureInfo.InvariantCulture) + (exit.TimedOut ? " (timed out)" : "") + (exit.OomKilled ? " (oom)" : "") : "no exit (channel lost)",
             Json(w =>
             {
@@ -46,7 +55,7 @@ public sealed class AuditHook(AuditLog log) : ISandboxHook
 
     /// <inheritdoc />
     public void OnFileWritten(SandboxRecord record, string path, long size, string sha256, string user) =>
-        log.Append(AuditKinds.File, "file.write", record.TenantId, null, record.Id, "written", Json(w =>
+        log.Append(AuditKinds.File, "file.write", record.TenantId, KeyOf(AuditScope.Current, record), record.Id, "written", Json(w =>
         {
             w.WriteString("path", path);
             w.WriteNumber("size", size);

@@ -50,7 +50,11 @@ public static class TenancyServiceCollectionExtensions
         app.Use(async (context, next) =>
         {
             if (context.Items[typeof(Caller)] is Caller caller)
+            {
+                if (AuditScope.Current is { } scope)
+                    scope.Caller = caller;
                 await context.RequestServices.GetRequiredService<TenantService>().SettingsAsync(caller.TenantId, context.RequestAborted).ConfigureAwait(false);
+            }
             await next(context).ConfigureAwait(false);
         });
         app.UseRateLimiter();
