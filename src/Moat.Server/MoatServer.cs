@@ -13,6 +13,7 @@ using Moat.Server.Api;
 using Moat.Server.Auth;
 using Moat.Server.E2b;
 using Moat.Server.Errors;
+using Moat.Server.Tenancy;
 
 namespace Moat.Server;
 
@@ -57,10 +58,12 @@ public sealed class MoatServer
         builder.Services.AddHostedService<AdminKeyBootstrap>();
         builder.Services.AddHostedService<GracefulShutdown>();
         builder.Services.AddE2bCompatibility(builder.Configuration);
+        builder.Services.AddMoatTenancy(builder.Configuration);
         builder.Services.AddAuthentication(ApiKeyAuthenticationHandler.SchemeName)
             .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthenticationHandler>(ApiKeyAuthenticationHandler.SchemeName, null);
         builder.Services.AddAuthorizationBuilder().SetFallbackPolicy(new AuthorizationPolicyBuilder().RequireAuthenticatedUser().Build());
         builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Insert(0, Contracts.MoatJson.Default));
+        builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Add(Contracts.TenancyJson.Default));
         builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         {
             doc.Info.Title = "Moat API";
@@ -71,9 +74,11 @@ public sealed class MoatServer
         configure?.Invoke(builder);
 
         var app = builder.Build();
+        app.UseMoatObservation();
         app.Use((context, next) => ErrorWriter.HandleAsync(context, next));
         app.UseWebSockets();
         app.UseAuthentication();
+        app.UseMoatRateLimits();
         app.UseE2bSandboxTraffic();
         app.UseAuthorization();
         app.MapGet("/healthz", () => Results.Text("ok\n")).AllowAnonymous().WithTags("health");
@@ -90,6 +95,7 @@ public sealed class MoatServer
         app.MapE2bApi();
         TemplateEndpoints.Map(app);
         SnapshotEndpoints.Map(app);
+        app.MapMoatTenancy();
         app.MapFallback((HttpContext context) => ErrorWriter.WriteAsync(context, StatusCodes.Status404NotFound, "not_found", $"no route for {context.Request.Method} {context.Request.Path}")).AllowAnonymous();
         return app;
     }

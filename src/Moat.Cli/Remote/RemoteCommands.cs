@@ -38,6 +38,9 @@ public static class RemoteCommands
         root.Subcommands.Add(TemplateVerbs.Create());
         root.Subcommands.Add(SnapshotVerbs.Create());
         root.Subcommands.Add(KeyVerbs.Create());
+        root.Subcommands.Add(TenantVerbs.Create());
+        root.Subcommands.Add(AuditVerbs.Create());
+        root.Subcommands.Add(UsageVerbs.Create());
     }
 
     /// <summary>A client for <c>MOAT_URL</c> / <c>MOAT_API_KEY</c>.</summary>

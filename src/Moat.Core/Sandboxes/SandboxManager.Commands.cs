@@ -47,6 +47,7 @@ public sealed partial class SandboxManager
         {
             throw CommandRefused(ex);
         }
+        NotifyCommand(live, process, argv, request.User, request.Cwd, detached);
         return new SandboxCommand(process, command.Timeout, () => OomKillsAsync(live, CancellationToken.None), oomBefore);
     }
 
@@ -164,7 +165,11 @@ public sealed partial class SandboxManager
         user = FileUser(user);
         if (mode > 0xFFF)
             throw MoatException.Invalid("invalid_mode", "mode must be permission bits (at most 07777)");
-        return await agent.WriteFileAsync(ResolvePath(path, user), content, new FileWriteOptions { User = user, Mode = mode, CreateParents = true, MaxBytes = _options.MaxFileWriteBytes }, cancellationToken).ConfigureAwait(false);
+        var resolved = ResolvePath(path, user);
+        using var hashed = new HashingReadStream(content);
+        var written = await agent.WriteFileAsync(resolved, hashed, new FileWriteOptions { User = user, Mode = mode, CreateParents = true, MaxBytes = _options.MaxFileWriteBytes }, cancellationToken).ConfigureAwait(false);
+        NotifyFileWritten(id, tenantId, resolved, hashed.BytesRead, hashed.Sha256Hex(), user);
+        return written;
     }
 
     /// <summary>Lists a directory in the sandbox.</summary>

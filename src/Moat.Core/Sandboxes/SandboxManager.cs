@@ -29,10 +29,12 @@ public sealed partial class SandboxManager : IAsyncDisposable
     private readonly Networking.INetworkController? _network;
     private readonly CancellationTokenSource _shutdown = new();
     private int _creating;
+    private readonly ISandboxHook[] _hooks;
 
     /// <summary>Creates the manager; call <see cref="RecoverAsync"/> before serving.</summary>
-    public SandboxManager(ISandboxStore store, ITemplateStore templates, RuntimeRegistry runtimes, IOptions<SandboxManagerOptions> options, ILoggerFactory loggerFactory, TimeProvider? time = null, Networking.INetworkController? network = null)
+    public SandboxManager(ISandboxStore store, ITemplateStore templates, RuntimeRegistry runtimes, IOptions<SandboxManagerOptions> options, ILoggerFactory loggerFactory, TimeProvider? time = null, Networking.INetworkController? network = null, IEnumerable<ISandboxHook>? hooks = null)
     {
+        _hooks = hooks?.ToArray() ?? [];
         _network = network;
         _store = store;
         _templates = templates;
@@ -67,6 +69,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
     {
         _options.Limits.Validate(spec);
         RequireNetworkMode(spec.Network.Mode);
+        using var admission = await AdmitAsync(spec, tenantId, cancellationToken).ConfigureAwait(false);
         var runtime = await _runtimes.ResolveAsync(spec.Tier, cancellationToken).ConfigureAwait(false);
         var template = await _templates.ResolveAsync(spec.Template, tenantId, cancellationToken).ConfigureAwait(false)
             ?? throw new MoatException(ErrorKind.NotFound, "template_not_found", $"template '{spec.Template}' does not exist");
@@ -159,6 +162,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
             await _store.UpdateAsync(live.Record, linked.Token).ConfigureAwait(false);
             Watch(live, agent);
             LogCreated(_logger, record.Id, (started - now).TotalMilliseconds);
+            Notify(h => h.OnLifecycle(live.Record, SandboxEvents.Created, null));
             return live.Record;
         }
         catch (Exception ex)
@@ -216,6 +220,8 @@ public sealed partial class SandboxManager : IAsyncDisposable
         {
             if (live.Record.State.IsTerminal() || live.Record.State == SandboxState.Stopping)
                 throw NotRunning(live.Record);
+            foreach (var hook in _hooks)
+                hook.AdmitTimeout(live.Record, _time.GetUtcNow() + timeout);
             live.Record = live.Record with { ExpiresAt = _time.GetUtcNow() + timeout };
             await _store.UpdateAsync(live.Record, cancellationToken).ConfigureAwait(false);
             return live.Record;
@@ -432,6 +438,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
         {
             if (live.Ended)
                 return;
+            var lastUsage = await LastUsageAsync(live).ConfigureAwait(false);
             live.Record = live.Record with { State = SandboxState.Stopping };
             var agent = live.Detach();
             if (agent is not null)
@@ -480,6 +487,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
                 LogCleanupFailed(_logger, live.Record.Id, ex);
             }
             LogEnded(_logger, live.Record.Id, final.Name(), reason);
+            Notify(h => h.OnLifecycle(live.Record, SandboxEvents.Ended, lastUsage));
         }
         finally
         {

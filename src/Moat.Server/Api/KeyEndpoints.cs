@@ -28,7 +28,7 @@ internal static class KeyEndpoints
         return caller;
     }
 
-    private static ApiKeyDto ToDto(ApiKeyRecord k, string? key = null) => new()
+    internal static ApiKeyDto ToDto(ApiKeyRecord k, string? key = null) => new()
     {
         Id = k.Id,
         Prefix = k.Prefix,

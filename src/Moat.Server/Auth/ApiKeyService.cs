@@ -46,7 +46,7 @@ public sealed partial class ApiKeyService(IApiKeyStore store, TimeProvider time,
     public async Task<(ApiKeyRecord Record, string Key)> CreateAsync(string tenantId, string role, string name, string prefix = "moat", CancellationToken cancellationToken = default)
     {
         if (!Roles.IsKnown(role))
-            throw MoatException.Invalid("invalid_role", $"role must be admin, member or read-only, got '{role}'");
+            throw MoatException.Invalid("invalid_role", $"role must be admin, member, read-only or operator, got '{role}'");
         string id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(IdLength / 2));
         string secret = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(SecretLength / 2));
         string key = $"{prefix}_{id}{secret}";
@@ -119,6 +119,16 @@ public sealed partial class ApiKeyService(IApiKeyStore store, TimeProvider time,
     {
         await store.RevokeAsync(id, time.GetUtcNow(), cancellationToken).ConfigureAwait(false);
         _cache.TryRemove(id, out _);
+    }
+
+    /// <summary>Drops every cached key of a tenant (its keys were revoked in the store), so none works a moment longer.</summary>
+    public void ForgetTenant(string tenantId)
+    {
+        foreach (var (id, entry) in _cache)
+        {
+            if (entry.Key.TenantId == tenantId)
+                _cache.TryRemove(id, out _);
+        }
     }
 
     /// <summary>

@@ -25,11 +25,17 @@ public static partial class ErrorWriter
         _ => StatusCodes.Status500InternalServerError,
     };
 
+    private static readonly object ErrorCodeItem = new();
+
+    /// <summary>The error code this request was answered with, if any (for metrics and the audit trail).</summary>
+    public static string? CodeOf(HttpContext context) => context.Items.TryGetValue(ErrorCodeItem, out var code) ? code as string : null;
+
     /// <summary>Writes an error response (if the response has not started).</summary>
     public static async Task WriteAsync(HttpContext context, int status, string code, string message)
     {
         if (context.Response.HasStarted)
             return;
+        context.Items[ErrorCodeItem] = code;
         context.Response.StatusCode = status;
         context.Response.ContentType = "application/json; charset=utf-8";
         await JsonSerializer.SerializeAsync(context.Response.Body, new ErrorResponse(new ErrorBody(code, message)), MoatJson.Default.ErrorResponse, context.RequestAborted).ConfigureAwait(false);

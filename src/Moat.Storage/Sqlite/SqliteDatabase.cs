@@ -8,7 +8,7 @@ namespace Moat.Storage.Sqlite;
 /// </summary>
 public sealed class SqliteDatabase : IDisposable
 {
-    private const int SchemaVersion = 2;
+    private const int SchemaVersion = 3;
     private readonly string _connectionString;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
 
@@ -62,6 +62,8 @@ public sealed class SqliteDatabase : IDisposable
             MigrateToV1(connection);
         if (version < 2)
             MigrateToV2(connection);
+        if (version < 3)
+            TenancySchema.MigrateToV3(connection);
     }
 
     private static void MigrateToV1(SqliteConnection connection)

@@ -1,0 +1,36 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Options;
+using Moat.Core.Errors;
+using Moat.Server.Auth;
+using Moat.Server.Metrics;
+
+namespace Moat.Server.Api;
+
+/// <summary>Options of /metrics (section <c>Moat:Metrics</c>).</summary>
+public sealed class MetricsOptions
+{
+    /// <summary>Whether a scrape needs an operator key (default: anonymous, as Prometheus scrapes usually are; the metrics carry no tenant ids).</summary>
+    public bool RequireOperatorKey { get; set; }
+}
+
+/// <summary>Prometheus text exposition at <c>/metrics</c>.</summary>
+internal static class MetricsEndpoints
+{
+    public static void Map(IEndpointRouteBuilder app) =>
+        app.MapGet("/metrics", ScrapeAsync).AllowAnonymous().WithName("Metrics").WithTags("metrics").ExcludeFromDescription();
+
+    private static async Task ScrapeAsync(HttpContext context, MoatMetrics metrics, IOptions<MetricsOptions> options)
+    {
+        if (options.Value.RequireOperatorKey)
+        {
+            if (context.Items[typeof(Caller)] is not Caller caller)
+                throw new MoatException(ErrorKind.Unauthenticated, "unauthenticated", "an operator key is required to scrape /metrics");
+            if (caller.Role != Roles.Operator)
+                throw new MoatException(ErrorKind.PermissionDenied, "operator_required", "scraping /metrics needs an operator key");
+        }
+        context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+        await metrics.Registry.CollectAndExportAsTextAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
+    }
+}
