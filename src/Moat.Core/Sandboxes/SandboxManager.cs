@@ -85,7 +85,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
             try
             {
                 // Waiting for the tier's admission is queueing, not a slow start: it happens before the create's deadline.
-                using var admission = await runtime.AdmitStartAsync(cancellationToken).ConfigureAwait(false);
+                using var bootSlot = await runtime.AdmitStartAsync(cancellationToken).ConfigureAwait(false);
                 return await CreateCoreAsync(spec, tenantId, runtime, template, cancellationToken).ConfigureAwait(false);
             }
             finally
