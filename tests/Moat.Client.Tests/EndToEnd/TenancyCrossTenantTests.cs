@@ -55,6 +55,8 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
             var login = await http.PostAsync("v1/registry-logins", Json("""{"registry":"registry.a.example","username":"a","password":"a-secret"}"""), Timeout);
             Assert.True(login.IsSuccessStatusCode, $"saving A's registry login: {(int)login.StatusCode}");
         }
+        var aSnapshot = "a-snap-" + a.Id;
+        await aClient.SnapshotSandboxAsync(aSandbox.Id, aSnapshot, Timeout);
         const string neverSandbox = "sb000000000000000000";
 
         var routes = Server.Services.GetRequiredService<EndpointDataSource>().Endpoints.OfType<RouteEndpoint>()
@@ -78,8 +80,8 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
             string? neverPath;
             try
             {
-                path = Fill(pattern, aSandbox.Id, aOtherKey.Id, aTemplate, "registry.a.example", a.Id);
-                neverPath = Fill(pattern, neverSandbox, "000000000000", "never-" + aTemplate, "registry.never.example", "never-" + a.Id);
+                path = Fill(pattern, aSandbox.Id, aOtherKey.Id, aTemplate, aSnapshot, "registry.a.example", a.Id);
+                neverPath = Fill(pattern, neverSandbox, "000000000000", "never-" + aTemplate, "never-" + aSnapshot, "registry.never.example", "never-" + a.Id);
             }
             catch (InvalidOperationException ex)
             {
@@ -100,7 +102,7 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
             if (!names)
             {
                 // A collection: it may answer, but never with A's things in it.
-                foreach (var leak in new[] { aSandbox.Id, aOtherKey.Id, aTemplate, a.Id, "tenant A's secret" })
+                foreach (var leak in new[] { aSandbox.Id, aOtherKey.Id, aTemplate, aSnapshot, a.Id, "tenant A's secret" })
                 {
                     if (body.Contains(leak, StringComparison.Ordinal))
                         failures.Add($"{route}: answer {status} shows tenant A's '{leak}'");
@@ -142,6 +144,7 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
         using (var aWorker = Server.Client(aOtherKey.Key))
             await aWorker.ListSandboxesAsync(cancellationToken: Timeout);
         Assert.Contains(await aClient.ListTemplatesAsync(Timeout), t => t.Name == aTemplate);
+        Assert.Contains(await aClient.ListSnapshotsAsync(Timeout), s => s.Name == aSnapshot);
         using (var http = TenancyKit.Http(Server, aKey))
             Assert.Contains("registry.a.example", await http.GetStringAsync("v1/registry-logins", Timeout));
         _output.WriteLine($"{checkedRoutes} routes called with tenant {b.Id}'s key, {webSockets} WebSocket handshakes");
@@ -149,7 +152,7 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
     }
 
     /// <summary>Fills a route's parameters with tenant A's ids; a parameter this test does not know fails it.</summary>
-    private static string Fill(string pattern, string sandbox, string key, string template, string registry, string tenant)
+    private static string Fill(string pattern, string sandbox, string key, string template, string snapshot, string registry, string tenant)
     {
         var sb = new StringBuilder();
         int i = 0;
@@ -170,6 +173,7 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
                 ("id", _) when prefix.StartsWith("/v1/sandboxes/", StringComparison.Ordinal) => sandbox,
                 ("id", "/v1/keys/") => key,
                 ("name", "/v1/templates/") => template,
+                ("name", "/v1/snapshots/") => snapshot,
                 ("registry", "/v1/registry-logins/") => registry,
                 ("tenantId", _) => tenant,
                 ("keyId", _) => key,
