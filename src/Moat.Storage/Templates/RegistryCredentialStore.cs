@@ -48,8 +48,10 @@ public sealed class RegistryCredentialStore
     }
 
     /// <summary>The canonical name of a registry in logins: host[:port], Docker Hub as docker.io.</summary>
-    public static string Normalize(string registry)
+    public static string Normalize(string? registry)
     {
+        if (string.IsNullOrWhiteSpace(registry))
+            throw MoatException.Invalid("invalid_registry", "give the registry host (like ghcr.io or registry.example.com:5000)");
         var r = registry.Trim().ToLowerInvariant();
         if (r.StartsWith("https://", StringComparison.Ordinal))
             r = r[8..];
@@ -66,10 +68,10 @@ public sealed class RegistryCredentialStore
     }
 
     /// <summary>Stores (or replaces) the tenant's login for a registry.</summary>
-    public Task SaveAsync(string tenant, string registry, string username, string password, CancellationToken cancellationToken)
+    public Task SaveAsync(string tenant, string? registry, string? username, string? password, CancellationToken cancellationToken)
     {
         registry = Normalize(registry);
-        if (string.IsNullOrEmpty(username) || username.Length > 256 || password.Length is 0 or > 8192)
+        if (string.IsNullOrEmpty(username) || username.Length > 256 || password is null || password.Length is 0 or > 8192)
             throw MoatException.Invalid("invalid_credentials", "give a user name (at most 256 characters) and a password or token (at most 8192)");
         var sealedSecret = Seal(tenant, registry, Encoding.UTF8.GetBytes(password));
         return _database.WriteAsync(c =>

@@ -36,6 +36,24 @@ public sealed class ApiHardeningTests(ServerFixture server, ITestOutputHelper ou
     private static StringContent JsonBody(string json) => new(json, Encoding.UTF8, "application/json");
 
     [SkippableFact]
+    public async Task A_registry_login_with_missing_fields_is_a_400_naming_them()
+    {
+        using var http = Http();
+        foreach (var (body, code) in new[]
+        {
+            ("{}", "invalid_registry"),
+            ("""{"registry":"  "}""", "invalid_registry"),
+            ("""{"registry":"ghcr.io"}""", "invalid_credentials"),
+            ("""{"registry":"ghcr.io","username":"me"}""", "invalid_credentials"),
+        })
+        {
+            var (status, got, _) = await ErrorOf(await http.PostAsync("v1/registry-logins", JsonBody(body)));
+            Assert.Equal(HttpStatusCode.BadRequest, status);
+            Assert.Equal(code, got);
+        }
+    }
+
+    [SkippableFact]
     public async Task Only_health_and_the_openapi_document_work_without_a_key()
     {
         using var anonymous = Http(key: null);
