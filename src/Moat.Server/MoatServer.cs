@@ -89,6 +89,7 @@ public sealed class MoatServer
         TerminalEndpoints.Map(app);
         app.MapE2bApi();
         TemplateEndpoints.Map(app);
+        NetworkEndpoints.Map(app);
         app.MapFallback((HttpContext context) => ErrorWriter.WriteAsync(context, StatusCodes.Status404NotFound, "not_found", $"no route for {context.Request.Method} {context.Request.Path}")).AllowAnonymous();
         return app;
     }

@@ -71,7 +71,7 @@ public sealed class ResourceLimitTests(NodeFixture node) : SandboxTestBase(node)
         // It never got past the limit; it ended (its own timeout, or the shell giving up when fork
         // failed) with everything it started gone, and the sandbox answers again.
         Assert.InRange(peak, 2, 64);
-        Assert.True(ran.Exit.TimedOut || ran.ExitCode != 0, $"exit {ran.ExitCode}, timed out {ran.Exit.TimedOut}");
+        Assert.True(ran.Exit.TimedOut || ran.Exit.ExitCode != 0, $"exit {ran.Exit.ExitCode}, timed out {ran.Exit.TimedOut}");
         Assert.Equal("alive\n", (await ShAsync(sb.Id, "echo alive")).Stdout);
         Assert.True((await Manager.GetUsageAsync(sb.Id, Tenant, CancellationToken.None))!.Pids < 10);
     }
