@@ -32,7 +32,13 @@ public sealed class PolicyChangeTests(NetworkFixture fixture) : NetworkTestBase(
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (World.Servers["echo-tcp"].Connections.FirstOrDefault() is not { BytesIn: >= 8 } && DateTime.UtcNow < deadline && !running.IsCompleted)
             await Task.Delay(100);
-        Assert.False(running.IsCompleted, "the probe ended before the policy change: " + System.Text.Encoding.UTF8.GetString((await running).Stdout) + System.Text.Encoding.UTF8.GetString((await running).Stderr));
+        // (The message must not await the probe: an assertion's message is built before it is checked.)
+        if (running.IsCompleted)
+        {
+            var early = await running;
+            Assert.Fail("the probe ended before the policy change: " + System.Text.Encoding.UTF8.GetString(early.Stdout) + System.Text.Encoding.UTF8.GetString(early.Stderr));
+        }
+        Assert.True(World.Servers["echo-tcp"].Connections.FirstOrDefault() is { BytesIn: >= 8 }, "the probe's connection never reached the echo host");
         Assert.Single(World.Servers["echo-tcp"].Connections);
 
         var (status, body) = await SetNetworkAsync(id, "allow", "allowed.test");
