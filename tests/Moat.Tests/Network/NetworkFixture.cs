@@ -16,8 +16,11 @@ namespace Moat.Tests.Network;
 /// is a test world: the proxy and resolver dial from the world namespace, whose only DNS server
 /// is the test's. One per test run, shared by every network test class (they run one after another).
 /// </summary>
-public sealed class NetworkFixture : IAsyncLifetime
+public class NetworkFixture : IAsyncLifetime
 {
+    /// <summary>More server arguments (a derived fixture's limits).</summary>
+    protected virtual IEnumerable<string> ExtraArguments => [];
+
     private WebApplication? _app;
 
     public TestWorld World { get; private set; } = null!;
@@ -72,10 +75,11 @@ public sealed class NetworkFixture : IAsyncLifetime
             $"--Moat:Network:UplinkNamespace={World.WorldNamespace}",
             $"--Moat:Network:Resolvers:0={TestWorld.Dns}",
             $"--Moat:Network:GatewayNamespace={World.Prefix}-gw",
+            .. ExtraArguments,
         ], builder =>
         {
             builder.Logging.ClearProviders();
-            builder.Logging.AddSimpleConsole();
+            builder.Logging.AddSimpleConsole(o => o.TimestampFormat = "HH:mm:ss.fff ");
             builder.Logging.SetMinimumLevel(Enum.TryParse<LogLevel>(Environment.GetEnvironmentVariable("MOAT_TEST_LOG"), out var level) ? level : LogLevel.Warning);
         });
         using var start = new CancellationTokenSource(TimeSpan.FromMinutes(5));
