@@ -282,7 +282,8 @@ public sealed partial class NetworkController : INetworkController, IAsyncDispos
         }
         state.Policy = network;
         int closed = 0;
-        foreach (var flow in state.Flows)
+        var flows = state.Flows;
+        foreach (var flow in flows)
         {
             bool allowed = flow.Protocol == "udp"
                 ? network.AllowsUdp(flow.Address, flow.Port) is not null
@@ -293,7 +294,7 @@ public sealed partial class NetworkController : INetworkController, IAsyncDispos
                 closed++;
             }
         }
-        LogPolicyChanged(_logger, sandboxId, policy.Mode.ToString().ToLowerInvariant(), closed);
+        LogPolicyChanged(_logger, sandboxId, policy.Mode.ToString().ToLowerInvariant(), closed, flows.Count);
         return Task.CompletedTask;
     }
 
@@ -515,8 +516,8 @@ public sealed partial class NetworkController : INetworkController, IAsyncDispos
     [LoggerMessage(Level = LogLevel.Debug, Message = "Sandbox {SandboxId} detached")]
     private static partial void LogDetached(ILogger logger, string sandboxId);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId} network policy is now {Mode}; {Closed} connections closed")]
-    private static partial void LogPolicyChanged(ILogger logger, string sandboxId, string mode, int closed);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId} network policy is now {Mode}; {Closed} of {Open} connections closed")]
+    private static partial void LogPolicyChanged(ILogger logger, string sandboxId, string mode, int closed, int open);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Removing the network of sandbox {SandboxId}, which is not alive")]
     private static partial void LogPruned(ILogger logger, string sandboxId);

@@ -32,7 +32,7 @@ public static class RemoteCommands
     public static void AddTo(RootCommand root)
     {
         ArgumentNullException.ThrowIfNull(root);
-        root.Subcommands.Add(SandboxVerbs.Create());
+        root.Subcommands.Add(NetworkVerbs.AddTo(SandboxVerbs.Create()));
         root.Subcommands.Add(ExecVerb.Create());
         root.Subcommands.Add(FilesVerbs.Create());
         root.Subcommands.Add(TemplateVerbs.Create());

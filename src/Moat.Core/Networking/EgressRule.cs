@@ -236,7 +236,7 @@ public sealed record EgressRule
         }
         if (!address.Contains(':') && !IsDottedQuad(address))
             throw Bad(entry, "IPv4 addresses are written as four decimal numbers (a.b.c.d)");
-        if (!IPAddress.TryParse(address, out var ip) || ip.ScopeId != 0)
+        if (!IPAddress.TryParse(address, out var ip) || (ip.AddressFamily == AddressFamily.InterNetworkV6 && ip.ScopeId != 0))
             throw Bad(entry, "not a valid IP address");
         int max = ip.AddressFamily == AddressFamily.InterNetwork ? 32 : 128;
         if (ip.IsIPv4MappedToIPv6)

@@ -12,6 +12,12 @@ public interface ISandboxRuntime
     /// <summary>The tier this runtime provides.</summary>
     IsolationTier Tier { get; }
 
+    /// <summary>
+    /// Why this tier cannot give a sandbox a network interface (so network modes other than
+    /// <c>none</c> must be refused for it), or null when it can.
+    /// </summary>
+    string? NetworkProblem => null;
+
     /// <summary>Checks whether this host can run the tier, and says why not.</summary>
     Task<TierStatus> ProbeAsync(CancellationToken cancellationToken);
 

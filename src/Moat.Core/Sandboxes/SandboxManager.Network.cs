@@ -24,6 +24,8 @@ public sealed partial class SandboxManager
         {
             if (live.Record.State is not (SandboxState.Running or SandboxState.Paused) || live.Record.Instance is not { } instance)
                 throw NotRunning(live.Record);
+            if (live.Runtime is { } runtime)
+                RequireTierNetwork(runtime, policy.Mode);
             var network = _network!;
             if (policy.Mode != NetworkMode.None && !network.IsAttached(id))
             {
@@ -62,6 +64,28 @@ public sealed partial class SandboxManager
                 $"network mode '{mode.ToString().ToLowerInvariant()}' is not available on this server: {_network?.Problem ?? "it has no network controller"}");
     }
 
+    /// <summary>
+    /// Where the inbound proxy reaches a running sandbox's ports. With <paramref name="tenantId"/>
+    /// the sandbox must be that tenant's; without (the caller holds the sandbox's own access token,
+    /// already checked) any live sandbox. Not running, or another tenant's: not found.
+    /// </summary>
+    public InboundTargetInfo InboundTargetOf(string id, string? tenantId)
+    {
+        if (!_live.TryGetValue(id, out var live) || (tenantId is not null && live.Record.TenantId != tenantId))
+            throw MoatException.SandboxNotFound(id);
+        if (live.Record.State != SandboxState.Running || live.Record.Instance is not { } instance)
+            throw NotRunning(live.Record);
+        return new InboundTargetInfo(new Networking.InboundTarget(id, live.Record.Spec.Tier == IsolationTier.Container, instance.Pid), live.Record.TenantId);
+    }
+
+    /// <summary>A policy the tier cannot honour is refused, never silently ignored.</summary>
+    private static void RequireTierNetwork(Runtimes.ISandboxRuntime runtime, NetworkMode mode)
+    {
+        if (mode != NetworkMode.None && runtime.NetworkProblem is { } problem)
+            throw new MoatException(ErrorKind.InvalidArgument, "network_unsupported_tier",
+                $"network mode '{mode.ToString().ToLowerInvariant()}' cannot be enforced on the {runtime.Tier.Name()} tier: {problem}");
+    }
+
     private async Task RestoreNetworkAsync(SandboxRecord record, CancellationToken cancellationToken)
     {
         if (_network is not null)
@@ -71,3 +95,8 @@ public sealed partial class SandboxManager
     [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId} network policy changed to {Mode}")]
     private static partial void LogNetworkChanged(ILogger logger, string sandboxId, string mode);
 }
+
+/// <summary>Where an inbound connection goes, and whose sandbox it is.</summary>
+/// <param name="Target">For <see cref="Networking.INetworkController.ConnectInboundAsync"/>.</param>
+/// <param name="TenantId">The sandbox's tenant.</param>
+public sealed record InboundTargetInfo(Networking.InboundTarget Target, string TenantId);

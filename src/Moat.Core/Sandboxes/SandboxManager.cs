@@ -71,6 +71,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
         RequireNetworkMode(spec.Network.Mode);
         using var admission = await AdmitAsync(spec, tenantId, cancellationToken).ConfigureAwait(false);
         var runtime = await _runtimes.ResolveAsync(spec.Tier, cancellationToken).ConfigureAwait(false);
+        RequireTierNetwork(runtime, spec.Network.Mode);
         var template = await _templates.ResolveAsync(spec.Template, tenantId, cancellationToken).ConfigureAwait(false)
             ?? throw new MoatException(ErrorKind.NotFound, "template_not_found", $"template '{spec.Template}' does not exist");
         if (await TryClaimAsync(spec, template, tenantId, cancellationToken).ConfigureAwait(false) is { } claimed)

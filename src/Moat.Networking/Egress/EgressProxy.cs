@@ -261,6 +261,7 @@ internal sealed partial class EgressProxy : IAsyncDisposable
         var counters = new Relay.Counters();
         var flow = new TcpFlow(name, dialled!, port, lifetime);
         state.Track(flow);
+        LogRelaying(_logger, state.Id, dialled!.ToString(), port, state.OpenFlows);
         string end;
         try
         {
@@ -294,6 +295,7 @@ internal sealed partial class EgressProxy : IAsyncDisposable
             end = why2;
         else if (end == "cancelled")
             end = state.Lifetime.IsCancellationRequested ? "sandbox_detached" : "proxy_stopped";
+        LogRelayEnded(_logger, state.Id, end, Interlocked.Read(ref counters.Out), Interlocked.Read(ref counters.In));
         if (end == "closed")
         {
             client.Dispose();
@@ -500,6 +502,12 @@ internal sealed partial class EgressProxy : IAsyncDisposable
             return null;
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Egress proxy: {SandboxId} relaying to {Address}:{Port} ({Open} open)")]
+    private static partial void LogRelaying(ILogger logger, string sandboxId, string address, int port, int open);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Egress proxy: {SandboxId} relay ended: {End} (out {Out}, in {In})")]
+    private static partial void LogRelayEnded(ILogger logger, string sandboxId, string end, long @out, long @in);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Egress proxy: accept failed: {Error}")]
     private static partial void LogAcceptFailed(ILogger logger, string error);

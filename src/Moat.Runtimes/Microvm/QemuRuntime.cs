@@ -58,6 +58,10 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
     /// <inheritdoc />
     public IsolationTier Tier => IsolationTier.Microvm;
 
+    /// <inheritdoc />
+    /// <remarks>The guest has no NIC yet: QEMU is not given the tap device the network controller can make.</remarks>
+    public string? NetworkProblem => "the microvm tier has no network interface yet (its guest gets no NIC); use network mode none, or the container or gvisor tier for allow and open";
+
     private string CacheDirectory => !string.IsNullOrEmpty(_options.ImageCache) ? _options.ImageCache : Path.Combine(_manager.DataDirectory, "cache", "microvm");
 
     private string KernelImage

@@ -55,7 +55,7 @@ internal static class SandboxEndpoints
             },
             Defaults = new ResourcesDto { Cpus = o.DefaultResources.Cpus, MemoryMiB = o.DefaultResources.MemoryMiB, DiskMiB = o.DefaultResources.DiskMiB, Pids = o.DefaultResources.Pids, OpenFiles = o.DefaultResources.OpenFiles },
             DefaultTimeoutSeconds = o.DefaultTimeoutSeconds,
-            NetworkModes = ["none"],
+            NetworkModes = manager.Network?.Modes.Select(m => m.ToString().ToLowerInvariant()).ToList() ?? ["none"],
         };
         return Results.Json(response, MoatJson.Default.CapabilitiesResponse);
     }

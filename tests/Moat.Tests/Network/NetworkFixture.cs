@@ -1,57 +1,137 @@
+using System.Net;
+using System.Security.Cryptography;
 using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Moat.Core.Sandboxes;
 using Moat.Networking;
+using Moat.Server;
 
 namespace Moat.Tests.Network;
 
 /// <summary>
-/// A Moat node whose uplink is a test world: the proxy and resolver dial from the world
-/// namespace, whose only DNS server is the test's. Shared by the tests of a class.
+/// A real <c>moat serve</c> (Kestrel on loopback, SQLite, the real runtimes) whose network uplink
+/// is a test world: the proxy and resolver dial from the world namespace, whose only DNS server
+/// is the test's. One per test run, shared by every network test class (they run one after another).
 /// </summary>
-public sealed class NetworkFixture : IAsyncLifetime
+public class NetworkFixture : IAsyncLifetime
 {
-    private NodeFixture? _node;
+    /// <summary>More server arguments (a derived fixture's limits).</summary>
+    protected virtual IEnumerable<string> ExtraArguments => [];
+
+    private WebApplication? _app;
 
     public TestWorld World { get; private set; } = null!;
 
-    public NodeFixture Node => _node!;
+    /// <summary>The admin key of the server.</summary>
+    public string AdminKey { get; } = "moat_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(26));
 
-    /// <summary>More configuration (limits...) for the node of this fixture.</summary>
-    public IReadOnlyDictionary<string, string?> ExtraConfig { get; init; } = new Dictionary<string, string?>();
+    public string DataDirectory { get; } = Path.Combine(Path.GetTempPath(), "moat-net-" + Guid.NewGuid().ToString("N")[..8]);
 
-    public NetworkController Controller => Node.Services.GetRequiredService<NetworkController>();
+    private string CgroupParent => "/" + Path.GetFileName(DataDirectory);
+
+    /// <summary>The server's URL.</summary>
+    public Uri Url { get; private set; } = null!;
+
+    public IServiceProvider Services => _app!.Services;
+
+    public SandboxManager Manager => Services.GetRequiredService<SandboxManager>();
+
+    public NetworkController Controller => Services.GetRequiredService<NetworkController>();
+
+    /// <summary>An HTTP client for the API, with the admin key (or none).</summary>
+    public HttpClient Http(bool withKey = true)
+    {
+        var http = new HttpClient { BaseAddress = Url, Timeout = TimeSpan.FromMinutes(3) };
+        if (withKey)
+            http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", AdminKey);
+        return http;
+    }
 
     public async Task InitializeAsync()
     {
         World = await TestWorld.CreateAsync();
-        var config = new Dictionary<string, string?>(ExtraConfig)
+        using var probe = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        Url = new Uri($"http://127.0.0.1:{port}/");
+        Directory.CreateDirectory(DataDirectory);
+        Environment.SetEnvironmentVariable("MOAT_ADMIN_KEY", AdminKey);
+        _app = MoatServer.Build(
+        [
+            $"--urls={Url.AbsoluteUri.TrimEnd('/')}",
+            $"--Moat:DataDirectory={DataDirectory}",
+            $"--Moat:AgentDirectory={Repo.AgentDirectory}",
+            $"--Moat:BuiltinTemplates:Directory={Repo.TemplatesDirectory}",
+            $"--Moat:Runc:Root={Path.Combine(DataDirectory, "runc-state")}",
+            $"--Moat:Runc:CgroupParent={CgroupParent}",
+            $"--Moat:Runsc:Root={Path.Combine(DataDirectory, "runsc-state")}",
+            $"--Moat:Runsc:CgroupParent={CgroupParent}",
+            $"--Moat:Qemu:CgroupParent={CgroupParent}",
+            "--Moat:Server:DestroySandboxesOnShutdown=true",
+            $"--Moat:Network:UplinkNamespace={World.WorldNamespace}",
+            $"--Moat:Network:Resolvers:0={TestWorld.Dns}",
+            $"--Moat:Network:GatewayNamespace={World.Prefix}-gw",
+            .. ExtraArguments,
+        ], builder =>
         {
-            ["Moat:Network:UplinkNamespace"] = World.WorldNamespace,
-            ["Moat:Network:Resolvers:0"] = TestWorld.Dns.ToString(),
-            ["Moat:Network:GatewayNamespace"] = World.Prefix + "-gw",
-        };
-        _node = new NodeFixture { ExtraConfig = config };
-        await _node.InitializeAsync();
+            builder.Logging.ClearProviders();
+            builder.Logging.AddSimpleConsole(o => o.TimestampFormat = "HH:mm:ss.fff ");
+            builder.Logging.SetMinimumLevel(Enum.TryParse<LogLevel>(Environment.GetEnvironmentVariable("MOAT_TEST_LOG"), out var level) ? level : LogLevel.Warning);
+        });
+        using var start = new CancellationTokenSource(TimeSpan.FromMinutes(5));
+        await _app.StartAsync(start.Token);
     }
 
     public async Task DisposeAsync()
     {
         try
         {
-            if (_node is not null)
-                await _node.DisposeAsync();
+            if (_app is not null)
+            {
+                using var stop = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+                try
+                {
+                    await _app.StopAsync(stop.Token);
+                }
+                finally
+                {
+                    await _app.DisposeAsync();
+                }
+            }
         }
         finally
         {
             if (World is not null)
                 await World.DisposeAsync();
+            try
+            {
+                Moat.Runtimes.Cgroups.CgroupHierarchy.At(CgroupParent).Remove();
+                Directory.Delete(DataDirectory, recursive: true);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+            }
         }
     }
 }
 
-/// <summary>Helpers of the network tests: sandboxes with a policy, Python probes, the connection log.</summary>
-public abstract class NetworkTestBase(NetworkFixture fixture) : SandboxTestBase(fixture.Node)
+/// <summary>The network test classes share one server and one world, and run one after another.</summary>
+[CollectionDefinition(Name)]
+public sealed class NetworkCollection : ICollectionFixture<NetworkFixture>
+{
+    public const string Name = "network world";
+}
+
+/// <summary>
+/// Helpers of the network tests: sandboxes created through the REST API with a policy, Python
+/// probes run inside them, the connection log read through the API.
+/// </summary>
+[Collection(NetworkCollection.Name)]
+public abstract class NetworkTestBase(NetworkFixture fixture) : IAsyncLifetime
 {
     private readonly List<string> _mine = [];
 
@@ -59,49 +139,98 @@ public abstract class NetworkTestBase(NetworkFixture fixture) : SandboxTestBase(
 
     protected TestWorld World => Fixture.World;
 
-    /// <summary>Skips tiers whose networking is not wired here, saying why.</summary>
+    protected SandboxManager Manager => Fixture.Manager;
+
+    protected HttpClient Api { get; } = fixture.Http();
+
+    protected const string Tenant = "default";
+
+    /// <summary>Skips tiers this host cannot run, and the microvm tier, which refuses network policies (MicrovmNetworkTests proves it).</summary>
     protected async Task RequireNetworkAsync(IsolationTier tier)
     {
-        await RequireAsync(tier);
-        Skip.If(tier == IsolationTier.Microvm && Environment.GetEnvironmentVariable("MOAT_TEST_MICROVM_NETWORK") != "1",
-            "the microvm tier does not take its network yet (its QEMU runtime must open INetworkController.CreateTapAsync's tap); set MOAT_TEST_MICROVM_NETWORK=1 once it does");
+        await RequireTierAsync(tier);
+        Skip.If(tier == IsolationTier.Microvm, "the microvm tier has no NIC yet and refuses network modes other than none (MicrovmNetworkTests.MicrovmRefusesNetworkPolicies)");
     }
 
-    /// <summary>Creates a sandbox with a network policy; deleted after the test.</summary>
-    protected async Task<SandboxRecord> CreateAsync(IsolationTier tier, NetworkPolicy policy, int memoryMiB = 256)
+    protected async Task RequireTierAsync(IsolationTier tier)
+    {
+        var status = (await Manager.Runtimes.StatusAsync(CancellationToken.None)).Single(s => s.Tier == tier);
+        Skip.IfNot(status.Usable, $"tier {tier.Name()} is not usable on this host: {status.Reason}");
+    }
+
+    /// <summary>Creates a sandbox through POST /v1/sandboxes with a network policy; deleted after the test.</summary>
+    protected async Task<string> CreateAsync(IsolationTier tier, string mode, params string[] allow)
     {
         await RequireNetworkAsync(tier);
-        var spec = NodeFixture.Spec(tier, memoryMiB: memoryMiB) with { Network = policy };
-        var record = await Manager.CreateAsync(spec, Tenant, CancellationToken.None);
+        var (status, body) = await CreateRawAsync(tier, mode, allow);
+        Assert.True(status == HttpStatusCode.Created, $"create: {(int)status} {body}");
+        var id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
         lock (_mine)
-            _mine.Add(record.Id);
-        return record;
+            _mine.Add(id);
+        // The caller's tenant: the admin key's.
+        _tenant ??= (await Manager.ListAsync(new Moat.Core.State.SandboxQuery { TenantId = null, Limit = 10000 }, CancellationToken.None)).FirstOrDefault(r => r.Id == id)?.TenantId;
+        return id;
     }
 
-    protected static NetworkPolicy Allow(params string[] rules) => new(NetworkMode.Allow, rules);
+    private string? _tenant;
 
-    protected static readonly NetworkPolicy Open = new(NetworkMode.Open, []);
+    /// <summary>The tenant of the admin key.</summary>
+    protected string TenantId => _tenant ?? throw new InvalidOperationException("no sandbox created yet");
+
+    protected async Task<(HttpStatusCode Status, string Body)> CreateRawAsync(IsolationTier tier, string mode, params string[] allow)
+    {
+        var request = new Dictionary<string, object?>
+        {
+            ["template"] = "base",
+            ["isolation"] = tier.Name(),
+            ["timeoutSeconds"] = 300,
+            ["resources"] = new Dictionary<string, object> { ["memoryMiB"] = 256, ["diskMiB"] = 256, ["cpus"] = 1 },
+            ["network"] = new Dictionary<string, object?> { ["mode"] = mode, ["allow"] = allow.Length > 0 ? allow : null },
+        };
+        using var response = await Api.PostAsync("v1/sandboxes", new StringContent(JsonSerializer.Serialize(request), Encoding.UTF8, "application/json"));
+        return (response.StatusCode, await response.Content.ReadAsStringAsync());
+    }
+
+    /// <summary>PUT /v1/sandboxes/{id}/network.</summary>
+    protected async Task<(HttpStatusCode Status, string Body)> SetNetworkAsync(string id, string mode, params string[] allow)
+    {
+        var body = JsonSerializer.Serialize(new Dictionary<string, object?> { ["mode"] = mode, ["allow"] = allow.Length > 0 ? allow : null });
+        using var response = await Api.PutAsync($"v1/sandboxes/{id}/network", new StringContent(body, Encoding.UTF8, "application/json"));
+        return (response.StatusCode, await response.Content.ReadAsStringAsync());
+    }
 
     /// <summary>Runs a Python script in the sandbox (as <paramref name="user"/>), with the test CA at /tmp/ca.pem.</summary>
-    protected async Task<Ran> PythonAsync(string id, string script, string? user = null, int timeoutSeconds = 60)
+    protected async Task<Dictionary<string, string>> PythonAsync(string id, string script, string? user = null, int timeoutSeconds = 90)
     {
-        await Manager.WriteFileAsync(id, Tenant, "/tmp/ca.pem", new MemoryStream(Encoding.UTF8.GetBytes(World.CaPem)), null, 0, CancellationToken.None);
-        await Manager.WriteFileAsync(id, Tenant, "/tmp/probe.py", new MemoryStream(Encoding.UTF8.GetBytes(Probes.Library + "\n" + script)), null, 0, CancellationToken.None);
-        return await RunAsync(id, new CommandSpec { Argv = ["python3", "/tmp/probe.py"], User = user, Timeout = TimeSpan.FromSeconds(timeoutSeconds) });
+        var ran = await RunPythonAsync(id, script, user, timeoutSeconds);
+        Assert.True(ran.Exit.ExitCode == 0, $"probe failed ({ran.Exit.ExitCode}): {Encoding.UTF8.GetString(ran.Stdout)}\n{Encoding.UTF8.GetString(ran.Stderr)}");
+        return Probes.Results(Encoding.UTF8.GetString(ran.Stdout));
     }
 
-    /// <summary>The sandbox's connection log, waiting until at least <paramref name="atLeast"/> events are there.</summary>
-    protected async Task<IReadOnlyList<Moat.Core.Networking.EgressEvent>> LogAsync(string id, int atLeast = 0, Func<IReadOnlyList<Moat.Core.Networking.EgressEvent>, bool>? until = null)
+    protected async Task<BufferedResult> RunPythonAsync(string id, string script, string? user = null, int timeoutSeconds = 90)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
+        await Manager.WriteFileAsync(id, TenantId, "/tmp/ca.pem", new MemoryStream(Encoding.UTF8.GetBytes(World.CaPem)), null, 0, CancellationToken.None);
+        var file = $"/tmp/probe-{Guid.NewGuid():N}.py";
+        await Manager.WriteFileAsync(id, TenantId, file, new MemoryStream(Encoding.UTF8.GetBytes(Probes.Library + "\n" + script)), null, 0, CancellationToken.None);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(timeoutSeconds + 60));
+        return await Manager.RunCommandAsync(id, TenantId, new CommandSpec { Argv = ["python3", file], User = user, Timeout = TimeSpan.FromSeconds(timeoutSeconds) }, default, cts.Token);
+    }
+
+    /// <summary>The sandbox's connection log through GET /v1/sandboxes/{id}/network/log, waiting until <paramref name="until"/> holds (or 20 s).</summary>
+    protected async Task<List<JsonElement>> LogAsync(string id, Func<List<JsonElement>, bool>? until = null)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
         while (true)
         {
-            var page = await Fixture.Controller.ReadLogAsync(id, 0, 10_000, CancellationToken.None);
-            if ((page.Events.Count >= atLeast && (until is null || until(page.Events))) || DateTime.UtcNow > deadline)
-                return page.Events;
-            await Task.Delay(100);
+            var body = await Api.GetStringAsync($"v1/sandboxes/{id}/network/log?limit=10000");
+            var events = JsonDocument.Parse(body).RootElement.GetProperty("events").EnumerateArray().Select(e => e.Clone()).ToList();
+            if (until is null || until(events) || DateTime.UtcNow > deadline)
+                return events;
+            await Task.Delay(200);
         }
     }
+
+    protected static string Describe(IEnumerable<JsonElement> events) => string.Join("\n", events.Select(e => e.GetRawText()));
 
     /// <summary>Asserts that no forbidden server of the world was reached.</summary>
     protected void AssertNothingReached(params string[] allowedToo)
@@ -110,14 +239,22 @@ public abstract class NetworkTestBase(NetworkFixture fixture) : SandboxTestBase(
             Assert.True(server.ConnectionCount == 0, $"{server.Name} was reached: {string.Join("; ", server.Connections.Select(c => $"{c.Remote} in={c.BytesIn} {string.Join(",", c.Requests)}"))}");
     }
 
-    public new async Task DisposeAsync()
+    public Task InitializeAsync()
+    {
+        World.ResetRecords();
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
     {
         List<string> ids;
         lock (_mine)
             ids = [.. _mine];
         foreach (var id in ids)
-            await Manager.DeleteAsync(id, Tenant, CancellationToken.None);
-        await base.DisposeAsync();
+        {
+            using var _ = await Api.DeleteAsync($"v1/sandboxes/{id}");
+        }
+        Api.Dispose();
     }
 }
 
@@ -179,10 +316,10 @@ public static class Probes
         """;
 
     /// <summary>The key → value pairs a probe printed with out().</summary>
-    public static Dictionary<string, string> Results(Ran ran)
+    public static Dictionary<string, string> Results(string stdout)
     {
         var results = new Dictionary<string, string>();
-        foreach (var line in ran.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        foreach (var line in stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
             try
             {

@@ -179,6 +179,9 @@ public sealed class RecordingServer : IAsyncDisposable
                 var chunk = new byte[65536];
                 for (long sent = 0; sent < size; sent += chunk.Length)
                     await stream.WriteAsync(chunk.AsMemory(0, (int)Math.Min(chunk.Length, size - sent)), _stop.Token);
+                await stream.FlushAsync(_stop.Token);
+                if (lines.Skip(1).Any(l => l.Equals("Connection: close", StringComparison.OrdinalIgnoreCase)))
+                    return;
                 continue;
             }
             body = Encoding.UTF8.GetBytes($"hello from {Name} host={host}\n");
