@@ -56,6 +56,8 @@ internal static class NetworkEndpoints
     private static async Task<IResult> SetAsync(HttpContext context, SandboxManager manager, string id)
     {
         var caller = context.Writer();
+        // Another tenant's sandbox is 404 before anything about the body is said.
+        await manager.GetAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
         var request = await Json.ReadAsync(context, MoatJson.Default.NetworkDto, new NetworkDto()).ConfigureAwait(false);
         if (request.Mode is null)
             throw MoatException.Invalid("invalid_network", "mode is required: none, allow or open");
@@ -90,10 +92,10 @@ internal static class NetworkEndpoints
     {
         var caller = context.Writer();
         CheckPort(port);
+        var record = await manager.GetAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
         var request = await Json.ReadAsync(context, NetworkJson.Default.SetPortRequest, new SetPortRequest()).ConfigureAwait(false);
         if (request.Public is not { } isPublic)
             throw MoatException.Invalid("invalid_port_access", "public (true or false) is required");
-        var record = await manager.GetAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
         if (record.State.IsTerminal())
             throw new MoatException(ErrorKind.Conflict, "sandbox_not_running", $"sandbox {id} has ended");
         access.SetPublic(record.Id, port, isPublic);

@@ -178,6 +178,8 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
                 ("tenantId", _) => tenant,
                 ("keyId", _) => key,
                 ("pid", _) => "4242",
+                ("port", _) => "8000",
+                ("rest", _) => "index.html",
                 ("contextId", _) => "ctx0000000000",
                 _ => throw new InvalidOperationException($"parameter '{name}' is unknown to the cross-tenant test: say which tenant-owned id it takes"),
             });
