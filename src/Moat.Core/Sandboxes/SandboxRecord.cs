@@ -27,6 +27,9 @@ public static class SandboxStates
     public static SandboxState? TryParse(string? name) =>
         Enum.TryParse<SandboxState>(name, ignoreCase: true, out var s) && Enum.IsDefined(s) && !int.TryParse(name, out _) ? s : null;
 
+    /// <summary>Every state of a sandbox that is not gone for good (the opposite of <see cref="IsTerminal"/>).</summary>
+    public static readonly IReadOnlyList<SandboxState> Alive = [SandboxState.Creating, SandboxState.Running, SandboxState.Paused, SandboxState.Stopping];
+
     /// <summary>Whether the sandbox is gone for good.</summary>
     public static bool IsTerminal(this SandboxState state) => state is SandboxState.Stopped or SandboxState.Failed;
 }

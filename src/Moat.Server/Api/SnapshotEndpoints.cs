@@ -14,9 +14,6 @@ namespace Moat.Server.Api;
 /// </summary>
 internal static class SnapshotEndpoints
 {
-    /// <summary>What <see cref="TemplateRecord.Source"/> of a snapshot starts with.</summary>
-    private const string SourcePrefix = "snapshot of ";
-
     public static void Map(IEndpointRouteBuilder app)
     {
         app.MapPost("/v1/sandboxes/{id}/snapshots", CreateAsync).WithName("SnapshotSandbox").WithTags("snapshots");
@@ -30,7 +27,7 @@ internal static class SnapshotEndpoints
     {
         Name = t.Name,
         Kind = "filesystem",
-        SandboxId = t.Source.StartsWith(SourcePrefix, StringComparison.Ordinal) ? t.Source[SourcePrefix.Length..].Split(' ')[0] : null,
+        SandboxId = SandboxSnapshots.SourceSandbox(t),
         ChangedEntries = changed,
         Template = TemplateApiMapping.ToDto(t),
     };
@@ -57,7 +54,7 @@ internal static class SnapshotEndpoints
     {
         var caller = context.Caller();
         var list = await templates.ListRecordsAsync(caller.TenantId, context.RequestAborted).ConfigureAwait(false);
-        return Results.Json(new SnapshotListResponse(list.Where(IsSnapshotOf(caller.TenantId)).Select(t => ToDto(t)).ToList()), MoatJson.Default.SnapshotListResponse);
+        return Results.Json(new SnapshotListResponse(list.Where(t => SandboxSnapshots.IsSnapshotOf(t, caller.TenantId)).Select(t => ToDto(t)).ToList()), MoatJson.Default.SnapshotListResponse);
     }
 
     private static async Task<IResult> GetAsync(HttpContext context, TemplateStore templates, string name)
@@ -75,13 +72,10 @@ internal static class SnapshotEndpoints
         return Results.NoContent();
     }
 
-    private static Func<TemplateRecord, bool> IsSnapshotOf(string tenant) =>
-        t => t.Tenant == tenant && t.Source.StartsWith(SourcePrefix, StringComparison.Ordinal);
-
     private static async Task<TemplateRecord> FindAsync(TemplateStore templates, string tenant, string name, CancellationToken cancellationToken)
     {
         var record = await templates.GetExactAsync(name, tenant, cancellationToken).ConfigureAwait(false);
-        return record is not null && IsSnapshotOf(tenant)(record)
+        return record is not null && SandboxSnapshots.IsSnapshotOf(record, tenant)
             ? record
             : throw new MoatException(ErrorKind.NotFound, "snapshot_not_found", $"no snapshot named '{name}'");
     }

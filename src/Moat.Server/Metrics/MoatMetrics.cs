@@ -12,7 +12,6 @@ namespace Moat.Server.Metrics;
 /// </summary>
 public sealed class MoatMetrics : ISandboxHook
 {
-    private static readonly SandboxState[] Alive = [SandboxState.Creating, SandboxState.Running, SandboxState.Paused, SandboxState.Stopping];
     private static readonly double[] LatencyBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
     private readonly Gauge _sandboxes;
@@ -37,8 +36,8 @@ public sealed class MoatMetrics : ISandboxHook
         _ended = factory.CreateCounter("moat_sandboxes_ended_total", "Sandboxes that ended, by final state and tier (failed includes agents that died).", ["state", "tier"]);
         Registry.AddBeforeCollectCallback(async cancellationToken =>
         {
-            var live = await store.ListAsync(new SandboxQuery { States = Alive, Limit = 1_000_000 }, cancellationToken).ConfigureAwait(false);
-            foreach (var state in Alive)
+            var live = await store.ListAsync(new SandboxQuery { States = SandboxStates.Alive, Limit = 1_000_000 }, cancellationToken).ConfigureAwait(false);
+            foreach (var state in SandboxStates.Alive)
             {
                 foreach (var tier in Enum.GetValues<IsolationTier>())
                     _sandboxes.WithLabels(state.Name(), tier.Name()).Set(live.Count(r => r.State == state && r.Spec.Tier == tier));

@@ -15,7 +15,6 @@ namespace Moat.Server.Tenancy;
 /// </summary>
 public sealed class QuotaEnforcer(TenantService tenants, ISandboxStore store) : ISandboxHook
 {
-    private static readonly SandboxState[] Alive = [SandboxState.Creating, SandboxState.Running, SandboxState.Paused, SandboxState.Stopping];
     private readonly ConcurrentDictionary<string, TenantLedger> _ledgers = new();
 
     private sealed class TenantLedger
@@ -52,7 +51,7 @@ public sealed class QuotaEnforcer(TenantService tenants, ISandboxStore store) : 
         await ledger.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            var live = await store.ListAsync(new SandboxQuery { TenantId = tenantId, States = Alive, Limit = 100_000 }, cancellationToken).ConfigureAwait(false);
+            var live = await store.ListAsync(new SandboxQuery { TenantId = tenantId, States = SandboxStates.Alive, Limit = 100_000 }, cancellationToken).ConfigureAwait(false);
             // A creation in flight is in the store as "creating" once it has started: count those
             // through the reservations only, so nothing is counted twice.
             var used = live.Where(r => r.State != SandboxState.Creating).Select(r => r.Spec.Resources).ToList();

@@ -14,6 +14,9 @@ namespace Moat.Storage.Oci;
 /// </summary>
 public static class LayerDiff
 {
+    /// <summary>Top-level names of a sandbox's writable layer that are the platform's (the agent's mount point), never the sandbox's.</summary>
+    public static readonly IReadOnlySet<string> PlatformEntries = new HashSet<string>(StringComparer.Ordinal) { ".moat" };
+
     /// <summary>Paths (relative, no leading slash) and change times of everything in <paramref name="upper"/>.</summary>
     public static Dictionary<string, long> Snapshot(string upper)
     {

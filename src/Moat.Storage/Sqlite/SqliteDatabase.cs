@@ -8,7 +8,8 @@ namespace Moat.Storage.Sqlite;
 /// </summary>
 public sealed class SqliteDatabase : IDisposable
 {
-    private const int SchemaVersion = 3;
+    /// <summary>The schema version a database is migrated to.</summary>
+    public const int SchemaVersion = 3;
     private readonly string _connectionString;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
 

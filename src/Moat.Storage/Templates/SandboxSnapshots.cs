@@ -27,8 +27,16 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
     /// <summary>Most sandboxes one fork call may start.</summary>
     public const int MaxForks = 50;
 
-    /// <summary>Top-level names of a writable layer that are the platform's, never the sandbox's.</summary>
-    private static readonly IReadOnlySet<string> PlatformEntries = new HashSet<string>(StringComparer.Ordinal) { ".moat" };
+    /// <summary>What <see cref="TemplateRecord.Source"/> of a snapshot starts with; the source sandbox's id follows.</summary>
+    public const string SourcePrefix = "snapshot of ";
+
+    /// <summary>Whether a template is one of the tenant's snapshots.</summary>
+    public static bool IsSnapshotOf(TemplateRecord template, string tenant) =>
+        template.Tenant == tenant && template.Source.StartsWith(SourcePrefix, StringComparison.Ordinal);
+
+    /// <summary>The sandbox a snapshot was taken from.</summary>
+    public static string? SourceSandbox(TemplateRecord template) =>
+        template.Source.StartsWith(SourcePrefix, StringComparison.Ordinal) ? template.Source[SourcePrefix.Length..].Split(' ')[0] : null;
 
     private static readonly IReadOnlyDictionary<string, long> NoBaseline = new Dictionary<string, long>();
 
@@ -83,14 +91,13 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
         var names = await templates.HiddenNamesAsync(tenantId, ForkPrefix).ConfigureAwait(false);
         if (names.Count == 0)
             return;
-        var live = await manager.ListAsync(new Moat.Core.State.SandboxQuery { TenantId = tenantId, States = Alive, Limit = int.MaxValue }, cancellationToken).ConfigureAwait(false);
+        var live = await manager.ListAsync(new Moat.Core.State.SandboxQuery { TenantId = tenantId, States = SandboxStates.Alive, Limit = int.MaxValue }, cancellationToken).ConfigureAwait(false);
         var used = live.Select(s => s.Spec.Template).ToHashSet(StringComparer.Ordinal);
         foreach (var name in names.Where(n => !used.Contains(n)))
             await templates.DeleteAsync(name, tenantId, cancellationToken).ConfigureAwait(false);
     }
 
     private const string ForkPrefix = "~fork-";
-    private static readonly SandboxState[] Alive = [SandboxState.Creating, SandboxState.Running, SandboxState.Paused, SandboxState.Stopping];
 
     private async Task<SandboxSnapshot> CaptureAsync(string sandboxId, string tenantId, string name, bool hidden, CancellationToken cancellationToken)
     {
@@ -117,7 +124,7 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
         {
             layer = await templates.AddTarLayerAsync(async tar =>
             {
-                entries = await LayerDiff.WriteAsync(upper, NoBaseline, PlatformEntries, tar, templates.Images.Limits, cancellationToken).ConfigureAwait(false);
+                entries = await LayerDiff.WriteAsync(upper, NoBaseline, LayerDiff.PlatformEntries, tar, templates.Images.Limits, cancellationToken).ConfigureAwait(false);
                 return entries;
             }, cancellationToken).ConfigureAwait(false);
         }
@@ -137,7 +144,7 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
             Layers = layers,
             Config = template.Config,
             Start = template.Start,
-            Source = $"snapshot of {sandboxId} ({template.Name})",
+            Source = $"{SourcePrefix}{sandboxId} ({template.Name})",
         };
         var saved = hidden
             ? await templates.SaveHiddenAsync(record, cancellationToken).ConfigureAwait(false)

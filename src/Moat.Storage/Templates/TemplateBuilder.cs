@@ -372,7 +372,7 @@ public sealed partial class TemplateBuilder(TemplateStore templates, TemplatePul
             {
                 LogPauseFailed(logger, sandbox.Id, ex.Message);
             }
-            return await AddTarAsync(tar => LayerDiff.WriteAsync(upper, baseline, ExcludedFromRun, tar, templates.Images.Limits, cancellationToken), cancellationToken).ConfigureAwait(false);
+            return await AddTarAsync(tar => LayerDiff.WriteAsync(upper, baseline, LayerDiff.PlatformEntries, tar, templates.Images.Limits, cancellationToken), cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -391,8 +391,6 @@ public sealed partial class TemplateBuilder(TemplateStore templates, TemplatePul
         }
     }
 
-    /// <summary>Top-level names of a sandbox's upper layer that are the platform's, never an image's.</summary>
-    private static readonly IReadOnlySet<string> ExcludedFromRun = new HashSet<string>(StringComparer.Ordinal) { ".moat" };
 
     private async Task<IsolationTier> BuildTierAsync(string? isolation, CancellationToken cancellationToken)
     {

@@ -13,7 +13,6 @@ namespace Moat.Storage.Templates;
 /// </summary>
 public sealed partial class TemplateCatalog(TemplateStore templates, ISandboxStore sandboxes, ILogger<TemplateCatalog> logger)
 {
-    private static readonly SandboxState[] Alive = [SandboxState.Creating, SandboxState.Running, SandboxState.Paused, SandboxState.Stopping];
 
     /// <summary>The template a tenant means by a name, or a not-found error.</summary>
     public async Task<TemplateRecord> GetAsync(string name, string tenant, CancellationToken cancellationToken) =>
@@ -57,7 +56,7 @@ public sealed partial class TemplateCatalog(TemplateStore templates, ISandboxSto
     /// <summary>Live sandboxes created from this template (for a public one: of tenants that do not shadow it).</summary>
     private async Task<List<string>> UsersAsync(TemplateRecord record, CancellationToken cancellationToken)
     {
-        var live = await sandboxes.ListAsync(new SandboxQuery { TenantId = record.IsPublic ? null : record.Tenant, States = Alive, Limit = int.MaxValue }, cancellationToken).ConfigureAwait(false);
+        var live = await sandboxes.ListAsync(new SandboxQuery { TenantId = record.IsPublic ? null : record.Tenant, States = SandboxStates.Alive, Limit = int.MaxValue }, cancellationToken).ConfigureAwait(false);
         var users = new List<string>();
         foreach (var sandbox in live.Where(s => s.Spec.Template == record.Name))
         {

@@ -21,7 +21,7 @@ public sealed class CrashRestartTests(ITestOutputHelper output) : IAsyncLifetime
     private readonly string _data = Path.Combine("/var/tmp", "moat-crash-" + Guid.NewGuid().ToString("N")[..8]);
     private readonly string _key = "moat_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(26));
     private Process? _server;
-    private readonly int _port = FreePort();
+    private readonly int _port = LoopbackPorts.Free();
 
     private HttpClient Http() => new() { BaseAddress = new Uri($"http://127.0.0.1:{_port}/"), DefaultRequestHeaders = { { "Authorization", "Bearer " + _key } }, Timeout = TimeSpan.FromMinutes(2) };
 
@@ -173,12 +173,6 @@ public sealed class CrashRestartTests(ITestOutputHelper output) : IAsyncLifetime
         return left;
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     public Task InitializeAsync() => Task.CompletedTask;
 

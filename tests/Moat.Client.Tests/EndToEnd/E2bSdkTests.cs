@@ -102,7 +102,7 @@ public sealed class E2bServerFixture : IAsyncLifetime
             return;
         }
         Directory.CreateDirectory(_dataDirectory);
-        int port = FreePort();
+        int port = LoopbackPorts.Free();
         Url = $"http://127.0.0.1:{port}";
         var start = new ProcessStartInfo("dotnet")
         {
@@ -315,10 +315,4 @@ public sealed class E2bServerFixture : IAsyncLifetime
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
             .Select(dir => Path.Combine(dir, program)).FirstOrDefault(File.Exists);
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }

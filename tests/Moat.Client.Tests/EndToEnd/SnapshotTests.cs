@@ -72,7 +72,7 @@ public sealed class SnapshotTests(ServerFixture server, ITestOutputHelper output
         try
         {
             Assert.Equal(5, forks.Count);
-            Assert.Equal(5, forks.Select(f => f.Id).Append(source.Id).Distinct().Count() - 1);
+            Assert.Equal(6, forks.Select(f => f.Id).Append(source.Id).Distinct().Count()); // all new, none the source
             var seeds = new HashSet<string>();
             for (int i = 0; i < forks.Count; i++)
             {

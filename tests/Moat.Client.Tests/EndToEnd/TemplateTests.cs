@@ -225,7 +225,7 @@ public sealed class TemplateTests(ServerFixture server, ITestOutputHelper output
     {
         Skip.IfNot(File.Exists("/usr/bin/docker-registry") && File.Exists("/usr/bin/skopeo"), "docker-registry and skopeo are needed (build/setup.sh installs them)");
         var layout = await LayoutAsync("pulled", ("pulled", "from the registry\n"));
-        var port = FreePort();
+        var port = LoopbackPorts.Free();
         var storage = Path.Combine(_work, "registry");
         Directory.CreateDirectory(storage);
         var config = Path.Combine(_work, "registry.yml");
@@ -288,10 +288,4 @@ public sealed class TemplateTests(ServerFixture server, ITestOutputHelper output
         return Server.Client(key);
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }

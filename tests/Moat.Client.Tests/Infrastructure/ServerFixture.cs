@@ -65,7 +65,7 @@ public sealed class ServerFixture : IAsyncLifetime
             Unavailable = $"the agent or the base template is not built ({agent}, {templates}); run build/setup.sh";
             return;
         }
-        int port = FreePort();
+        int port = LoopbackPorts.Free();
         Url = new Uri($"http://127.0.0.1:{port}/");
         Directory.CreateDirectory(DataDirectory);
         // The server reads MOAT_ADMIN_KEY at its first start; one server per test process, so setting it here is safe.
@@ -135,12 +135,6 @@ public sealed class ServerFixture : IAsyncLifetime
         }
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     private sealed class QueueLoggerProvider(ConcurrentQueue<string> lines) : ILoggerProvider
     {
