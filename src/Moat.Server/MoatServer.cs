@@ -97,6 +97,7 @@ public sealed class MoatServer
         SnapshotEndpoints.Map(app);
         app.MapMoatTenancy();
         NetworkEndpoints.Map(app);
+        Dashboard.DashboardEndpoints.Map(app);
         app.MapFallback((HttpContext context) => ErrorWriter.WriteAsync(context, StatusCodes.Status404NotFound, "not_found", $"no route for {context.Request.Method} {context.Request.Path}")).AllowAnonymous();
         return app;
     }
