@@ -13,6 +13,8 @@ namespace Moat.Client.Tests.EndToEnd;
 [Collection(ServerCollection.Name)]
 public sealed class DashboardTests(ServerFixture server, DashboardFixture dashboard, ITestOutputHelper output) : EndToEndTest(server, output), IClassFixture<DashboardFixture>
 {
+    private readonly ITestOutputHelper _output = output;
+
     // Would set a global if it ever ran as markup; the page must show it as text.
     private const string Xss = "<img src=x onerror=window.__xss=1>";
 
@@ -82,10 +84,11 @@ public sealed class DashboardTests(ServerFixture server, DashboardFixture dashbo
     [SkippableFact]
     public async Task The_sandbox_page_shows_output_logs_files_and_hostile_names_as_text()
     {
-        var sandbox = await CreateAsync();
+        // An allowlist, so that a name lookup the policy refuses lands in the egress log.
+        var sandbox = await CreateAsync(o => o.Network = new Moat.Contracts.NetworkDto { Mode = "allow", Allow = ["allowed.example"] });
         await sandbox.Files.WriteAsync($"/home/user/{Xss}.txt", "hostile name", Timeout);
         await sandbox.Files.WriteAsync("/home/user/hello.txt", "hello from the sandbox\n", Timeout);
-        var run = await sandbox.Commands.RunAsync(["sh", "-c", $"echo dashboard-output; printf '%s\\n' '{Xss}'"], cancellationToken: Timeout);
+        var run = await sandbox.Commands.RunAsync(["sh", "-c", $"echo dashboard-output; printf '%s\\n' '{Xss}'; nslookup denied-by-policy.example >/dev/null 2>&1; true"], cancellationToken: Timeout);
         Assert.Equal(0, run.ExitCode);
         using var http = TenancyKit.Http(Server, Server.AdminKey);
         bool hasLogs = (await http.GetAsync($"v1/sandboxes/{sandbox.Id}/logs", Timeout)).StatusCode != HttpStatusCode.NotFound;
@@ -129,7 +132,13 @@ public sealed class DashboardTests(ServerFixture server, DashboardFixture dashbo
             }
             // The audit card lists this sandbox's command (admin keys read their tenant's audit).
             await page.WaitForAsync("document.querySelector('#audit table') && document.querySelector('#audit').textContent.includes('command')", Timeout);
-            await page.WaitForAsync("document.querySelector('#egress p, #egress table')", Timeout);
+            // The egress card shows what the API's log says: each destination, or that there was none.
+            var egress = JsonDocument.Parse(await http.GetStringAsync($"v1/sandboxes/{sandbox.Id}/network/log", Timeout)).RootElement.GetProperty("events");
+            _output.WriteLine($"egress log: {egress.GetRawText()}");
+            if (egress.GetArrayLength() == 0)
+                await page.WaitForAsync("document.querySelector('#egress').textContent.includes('No connection attempts')", Timeout);
+            else
+                await page.WaitForAsync($"document.querySelector('#egress').textContent.includes({JsonSerializer.Serialize(egress[0].GetProperty("name").GetString())}) && document.querySelectorAll('#egress tbody tr').length === {egress.GetArrayLength()}", Timeout);
             await page.WaitForAsync("document.querySelector('#metrics-note').textContent !== ''", Timeout);
             await AssertNoScriptRanAsync(page, Timeout);
             await DashboardFixture.ShootAsync(page, "sandbox", Timeout);
