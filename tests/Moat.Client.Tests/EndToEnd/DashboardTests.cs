@@ -189,6 +189,15 @@ public sealed class DashboardTests(ServerFixture server, DashboardFixture dashbo
 
         await page.EvaluateAsync("location.hash = '#/usage'", Timeout);
         await page.WaitForAsync("document.querySelectorAll('#usage canvas.chart').length >= 4", Timeout);
+        // The rows are the API's rows for the range the page asked for.
+        var from = (await page.EvaluateAsync("document.querySelector('#usage-from').value", Timeout)).GetString();
+        var to = (await page.EvaluateAsync("document.querySelector('#usage-to').value", Timeout)).GetString();
+        using var http = TenancyKit.Http(Server, Server.AdminKey);
+        var days = JsonDocument.Parse(await http.GetStringAsync($"v1/usage?from={from}&to={to}", Timeout)).RootElement.GetProperty("days");
+        if (days.GetArrayLength() == 0)
+            Assert.Contains("No usage", await page.TextAsync("#usage", Timeout), StringComparison.Ordinal);
+        else
+            Assert.Equal(days.GetArrayLength(), (await page.EvaluateAsync("document.querySelectorAll('#usage tbody tr').length", Timeout)).GetInt32());
         await DashboardFixture.ShootAsync(page, "usage", Timeout);
 
         // An admin key reads its tenant's trail but may not verify the chain (operator only).
