@@ -79,6 +79,7 @@ public sealed class MoatServer
         app.UseWebSockets();
         app.UseAuthentication();
         app.UseMoatRateLimits();
+        app.UseInboundHosts();
         app.UseE2bSandboxTraffic();
         app.UseAuthorization();
         app.MapGet("/healthz", () => Results.Text("ok\n")).AllowAnonymous().WithTags("health");
