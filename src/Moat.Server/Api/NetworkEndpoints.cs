@@ -116,7 +116,7 @@ internal static class NetworkEndpoints
         {
             Port = port,
             Url = url,
-            HostUrl = access.Domain.Length > 0 ? $"{request.Scheme}://{port}-{id}.{access.Domain}/" : null,
+            HostUrl = access.Domain.Length > 0 ? $"{request.Scheme}://{port}-{id}.{access.Domain}{(request.Host.Port is int p ? $":{p}" : "")}/" : null,
             Token = access.TokenFor(id),
             Public = access.IsPublic(id, port),
         };
