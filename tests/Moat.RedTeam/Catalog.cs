@@ -69,7 +69,10 @@ public static class Catalog
 
         // runtime escapes (CVE-2019-5736, CVE-2024-21626)
         Shell("runtime.proc-exe-overwrite", "runtime escapes",
-            "for p in /proc/1/exe /proc/self/exe /proc/$$/exe /.moat/moat-agent; do (echo pwned > $p) 2>/dev/null && echo BREACH wrote $p; done;" +
+            "for p in /proc/1/exe /proc/self/exe /proc/$$/exe; do (echo pwned > $p) 2>/dev/null && echo BREACH wrote $p; done;" +
+            // The sandbox's own copy of the agent is an image layer: a write copies it up into this
+            // sandbox's upper layer only; the host's file is in the oracle's watched set.
+            " (echo pwned > /.moat/moat-agent) 2>/dev/null && echo own copy of /.moat/moat-agent replaced;" +
             " for p in /proc/[0-9]*/exe; do (cp /tmp/probe $p) 2>/dev/null && echo BREACH replaced $p; done; true", strictOn: AllTiers),
         new("runtime.leaked-fd-cwd", "runtime escapes", async ctx =>
         {

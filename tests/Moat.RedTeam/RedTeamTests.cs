@@ -41,7 +41,7 @@ public sealed class RedTeamTests(NodeFixture node, ITestOutputHelper output) : S
         var layers = Path.Combine(Node.DataDirectory, "layers", "sha256");
         if (Directory.Exists(layers))
             foreach (var layer in Directory.EnumerateDirectories(layers))
-                watched.AddRange(new[] { "etc/passwd", "etc/os-release", "etc/shadow" }.Select(f => Path.Combine(layer, f)).Where(File.Exists));
+                watched.AddRange(new[] { "etc/passwd", "etc/os-release", "etc/shadow", "usr/bin/dash", "bin/dash", "usr/bin/python3.11", "usr/bin/busybox" }.Select(f => Path.Combine(layer, f)).Where(File.Exists));
         using var watch = new HostWatch(watched);
 
         var verdicts = new List<AttackVerdict>();
@@ -79,10 +79,16 @@ public sealed class RedTeamTests(NodeFixture node, ITestOutputHelper output) : S
             findings.AddRange(await VictimProblemsAsync(victim.Id, secret));
 
             var state = (await Manager.GetAsync(attacked, Tenant, CancellationToken.None)).State;
-            if (state != SandboxState.Running)
+            if (state != SandboxState.Running || !await AnswersAsync(attacked))
             {
-                evidence += $"\n[the attacked sandbox is {state}; a new one continues the batch]";
+                evidence += $"\n[the attacked sandbox is {state}{(state == SandboxState.Running ? " but broken inside" : "")}; a new one continues the batch]";
+                // The platform tears an ended sandbox down on its own; give it a moment before calling anything an orphan.
                 var leftovers = HostOracle.Leftovers(instances[1], StateRoot(tier));
+                for (int i = 0; i < 100 && leftovers.Count > 0; i++)
+                {
+                    await Task.Delay(200);
+                    leftovers = HostOracle.Leftovers(instances[1], StateRoot(tier));
+                }
                 findings.AddRange(leftovers.Select(l => "left on the host by the ended sandbox: " + l));
                 await Manager.DeleteAsync(attacked, Tenant, CancellationToken.None);
                 attacked = await StartTargetAsync(tier, probe);
@@ -119,6 +125,19 @@ public sealed class RedTeamTests(NodeFixture node, ITestOutputHelper output) : S
             output.WriteLine($"{(v.Contained ? "contained" : "ESCAPED  ")} {tier.Name(),-9} {v.Attack,-36} {v.Seconds,6:0.0}s {(v.Contained ? "" : v.Evidence)}");
         var escaped = verdicts.Where(v => !v.Contained).ToList();
         Assert.True(escaped.Count == 0, string.Join("\n", escaped.Select(v => $"{v.Attack}: {v.Evidence}")));
+    }
+
+    /// <summary>Whether the sandbox still runs a shell (an attack may have broken its own root file system).</summary>
+    private async Task<bool> AnswersAsync(string id)
+    {
+        try
+        {
+            return (await ShAsync(id, "echo ok", timeout: TimeSpan.FromSeconds(30))).Stdout == "ok\n";
+        }
+        catch (MoatException)
+        {
+            return false;
+        }
     }
 
     private static AttackVerdict Verdict(string id, string category, IsolationTier tier, List<string> findings, string evidence, TimeSpan took) =>
