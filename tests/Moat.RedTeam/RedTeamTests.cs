@@ -82,15 +82,15 @@ public sealed class RedTeamTests(NodeFixture node, ITestOutputHelper output) : S
             if (state != SandboxState.Running || !await AnswersAsync(attacked))
             {
                 evidence += $"\n[the attacked sandbox is {state}{(state == SandboxState.Running ? " but broken inside" : "")}; a new one continues the batch]";
-                // The platform tears an ended sandbox down on its own; give it a moment before calling anything an orphan.
+                // Whether it ended or broke itself, deleting it must leave nothing on the host.
+                await Manager.DeleteAsync(attacked, Tenant, CancellationToken.None);
                 var leftovers = HostOracle.Leftovers(instances[1], StateRoot(tier));
                 for (int i = 0; i < 100 && leftovers.Count > 0; i++)
                 {
                     await Task.Delay(200);
                     leftovers = HostOracle.Leftovers(instances[1], StateRoot(tier));
                 }
-                findings.AddRange(leftovers.Select(l => "left on the host by the ended sandbox: " + l));
-                await Manager.DeleteAsync(attacked, Tenant, CancellationToken.None);
+                findings.AddRange(leftovers.Select(l => "left on the host by the deleted sandbox: " + l));
                 attacked = await StartTargetAsync(tier, probe);
                 instances[1] = await InstanceAsync(attacked);
             }

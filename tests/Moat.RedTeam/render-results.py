@@ -32,6 +32,9 @@ for category, attack in attacks:
             cells.append("not run")
         elif not v["contained"]:
             cells.append("**escaped**")
+        elif v["evidence"].startswith("the API answered AgentUnavailableException"):
+            # The attack ended its own sandbox (the catalogue's safe outcome for exhaustion): only that sandbox failed.
+            cells.append("contained (sandbox ended)")
         elif v["evidence"].startswith("the API answered"):
             # The program did not run (the API refused it or the sandbox was already broken): nothing reached the host, but nothing was tried either.
             cells.append("contained (not executed)")
@@ -40,7 +43,7 @@ for category, attack in attacks:
     lines.append(f"| {category} | `{attack}` | " + " | ".join(cells) + " |")
 total = sum(len(r) for r in runs.values())
 contained = sum(v["contained"] for r in runs.values() for v in r)
-skipped = sum(v["contained"] and v["evidence"].startswith("the API answered") for r in runs.values() for v in r)
+skipped = sum(v["contained"] and v["evidence"].startswith("the API answered") and "AgentUnavailable" not in v["evidence"] for r in runs.values() for v in r)
 lines.append("")
 lines.append(f"{total} attack runs on {len(runs)} tiers, {contained} contained ({skipped} of them not executed), {total - contained} escaped.")
 table = "\n".join(lines)
