@@ -253,8 +253,8 @@ public static class MicrovmScenarios
                 try
                 {
                     var socket = Path.Combine(dir, "vm", "agent.sock");
-                    while (!File.Exists(socket))
-                        await Task.Delay(1);
+                    // As Moat does: connect once the guest's agent opened its port (QMP's VSERPORT_CHANGE).
+                    await WaitForAgentPortAsync(Path.Combine(dir, "vm", "qmp.sock"));
                     await using var agent = await Moat.Core.Agent.AgentClient.ConnectAsync(socket, new Moat.Core.Agent.AgentClientOptions { HandshakeTimeout = TimeSpan.FromMinutes(2) },
                         loggers.CreateLogger("rawboot"), null, null, CancellationToken.None);
                     var request = new Moat.Protocol.Messages.ExecRequest { Cwd = "/", User = "root" };
@@ -300,6 +300,24 @@ public static class MicrovmScenarios
             ["ratioP50"] = Math.Round(m.P50 / r.P50, 3),
             ["samples"] = new JsonObject { ["raw"] = Samples(raw), ["moat"] = Samples(moat) },
         };
+    }
+
+    private static async Task WaitForAgentPortAsync(string qmpSocket)
+    {
+        while (!File.Exists(qmpSocket))
+            await Task.Delay(1);
+        using var qmp = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await qmp.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(qmpSocket));
+        await using var stream = new System.Net.Sockets.NetworkStream(qmp);
+        using var reader = new StreamReader(stream);
+        await reader.ReadLineAsync(); // greeting
+        await stream.WriteAsync("{\"execute\":\"qmp_capabilities\"}\n"u8.ToArray());
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            if (line.Contains("VSERPORT_CHANGE", StringComparison.Ordinal) && line.Contains("\"open\": true", StringComparison.Ordinal))
+                return;
+        }
+        throw new InvalidOperationException("QEMU closed QMP before the agent's port opened");
     }
 
     /// <summary>The "Key: N kB" lines of a /proc file, in KiB.</summary>
