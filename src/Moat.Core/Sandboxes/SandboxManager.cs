@@ -131,6 +131,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
         {
             // The network first: the runtime starts the sandbox inside the namespace it made.
             var network = _network is null ? null : await _network.AttachAsync(record.Id, spec.Network, linked.Token).ConfigureAwait(false);
+            var tap = network is not null && runtime.NeedsTapDevice ? await _network!.CreateTapAsync(record.Id, linked.Token).ConfigureAwait(false) : null;
             var instance = await runtime.StartAsync(new SandboxLaunch
             {
                 Id = record.Id,
@@ -138,6 +139,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
                 Template = template,
                 Resources = spec.Resources,
                 Network = network,
+                Tap = tap,
             }, linked.Token).ConfigureAwait(false);
             live.Record = record with { Instance = instance };
             await _store.UpdateAsync(live.Record, linked.Token).ConfigureAwait(false);
