@@ -110,7 +110,8 @@ internal static class SandboxEndpoints
             throw MoatException.Invalid("invalid_timeout", "timeoutSeconds is required");
         if (seconds <= 0 || seconds > 10L * 365 * 86400)
             throw MoatException.Invalid("invalid_timeout", $"timeoutSeconds must be between 1 and {10L * 365 * 86400}, got {seconds}");
-        var record = await manager.SetTimeoutAsync(id, caller.TenantId, TimeSpan.FromSeconds(seconds), context.RequestAborted).ConfigureAwait(false);
+        var onTimeout = ApiMapping.ToTimeoutAction(request.OnTimeout);
+        var record = await manager.SetTimeoutAsync(id, caller.TenantId, TimeSpan.FromSeconds(seconds), context.RequestAborted, onTimeout).ConfigureAwait(false);
         return Results.Json(record.ToDto(), MoatJson.Default.SandboxDto);
     }
 }
