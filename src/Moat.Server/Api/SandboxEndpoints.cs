@@ -105,6 +105,8 @@ internal static class SandboxEndpoints
     private static async Task<IResult> SetTimeoutAsync(HttpContext context, SandboxManager manager, string id)
     {
         var caller = context.Writer();
+        // Another tenant's sandbox is 404 before the body is looked at.
+        await manager.GetAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
         var request = await Json.ReadAsync(context, MoatJson.Default.SetTimeoutRequest, new SetTimeoutRequest()).ConfigureAwait(false);
         if (request.TimeoutSeconds is not { } seconds)
             throw MoatException.Invalid("invalid_timeout", "timeoutSeconds is required");
