@@ -258,7 +258,8 @@ public static class MicrovmScenarios
                     var request = new Moat.Protocol.Messages.ExecRequest { Cwd = "/", User = "root" };
                     request.Argv.AddRange(command);
                     await using var process = await agent.ExecAsync(request, CancellationToken.None);
-                    var exit = await process.Exit;
+                    // The exit arrives in the command's stream, after its output: read it to the end.
+                    var exit = await process.WaitAsync(CancellationToken.None);
                     if (exit.ExitCode != 0)
                         throw new InvalidOperationException($"raw: python3 -c pass exited {exit.ExitCode}");
                     if (i >= 0)
