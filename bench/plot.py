@@ -68,3 +68,20 @@ if density:
     fig.savefig(os.path.join(out, "density.png"), dpi=110)
     print("wrote", os.path.join(out, "density.png"))
 sys.exit(0)
+
+
+fanout = load("fanout-container.json")
+if fanout:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cdf(ax, fanout["samples"]["moat"], f"Moat, {fanout['sandboxes']} container sandboxes")
+    e2b = fanout["e2b"]
+    ax.axvline(e2b["p50"], color="grey", linestyle="--", label=f"E2B published p50 {e2b['p50']} ms ({e2b['sandboxes']} sandboxes)")
+    ax.axvline(e2b["p99"], color="grey", linestyle=":", label=f"E2B published p99 {e2b['p99']} ms")
+    ax.set_title("exec fan-out: one `echo` in every sandbox at once")
+    ax.set_xlabel("per-sandbox latency, milliseconds")
+    ax.set_ylabel("fraction of sandboxes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "fanout.png"), dpi=110)
+    print("wrote", os.path.join(out, "fanout.png"))

@@ -45,6 +45,7 @@ public static class Program
             "cli" => await Scenarios.CliAsync(bench, n),
             "density" => await Scenarios.DensityAsync(bench, n),
             "templates" => await TemplateScenarios.RunAsync(bench, n),
+            "fanout" => await FanoutScenarios.RunAsync(bench, n),
             _ => throw new ArgumentException($"unknown scenario {scenario}"),
         };
         result["scenario"] = scenario;
