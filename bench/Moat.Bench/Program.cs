@@ -11,7 +11,7 @@ namespace Moat.Bench;
 
 /// <summary>
 /// moat-bench SCENARIO [--tier container|gvisor|microvm] [--n N] [--out DIR]
-/// Scenarios: create, exec, oneshot, cli, density, templates. Each measures Moat and the raw runtime doing
+/// Scenarios: create, exec, oneshot, cli, density, templates, fanout, api (N = seconds per concurrency level), audit. Each measures Moat and the raw runtime doing
 /// the same thing in the same run, and writes DIR/SCENARIO-TIER.json with the samples.
 /// </summary>
 public static class Program
@@ -20,7 +20,7 @@ public static class Program
     {
         if (args.Length == 0)
         {
-            Console.Error.WriteLine("usage: moat-bench create|exec|oneshot|cli|density|templates [--tier T] [--n N] [--out DIR]");
+            Console.Error.WriteLine("usage: moat-bench create|exec|oneshot|cli|density|templates|fanout|api|audit [--tier T] [--n N] [--out DIR]");
             return 2;
         }
         var scenario = args[0];
@@ -34,6 +34,12 @@ public static class Program
         var outDir = Arg("--out", Path.Combine(Bench.RepoRoot, "bench", "results"));
         Directory.CreateDirectory(outDir);
 
+        if (scenario is "api" or "audit")
+        {
+            // through a real `moat serve` in this process, which owns its own node
+            var api = scenario == "api" ? await ApiScenarios.GetAsync(n) : await ApiScenarios.AuditAsync(n);
+            return await WriteAsync(api, scenario, tier, outDir);
+        }
         await using var bench = await Bench.StartAsync(tier);
         JsonObject result = scenario switch
         {
@@ -48,6 +54,11 @@ public static class Program
             "fanout" => await FanoutScenarios.RunAsync(bench, n),
             _ => throw new ArgumentException($"unknown scenario {scenario}"),
         };
+        return await WriteAsync(result, scenario, tier, outDir);
+    }
+
+    private static async Task<int> WriteAsync(JsonObject result, string scenario, IsolationTier tier, string outDir)
+    {
         result["scenario"] = scenario;
         result["tier"] = tier.Name();
         result["host"] = Bench.HostDescription();
