@@ -34,7 +34,7 @@ def latency_figure(kind, title, xlabel, log=False):
     fig, axes = plt.subplots(1, len(files), figsize=(6 * len(files), 4), squeeze=False)
     for ax, path in zip(axes[0], files):
         r = json.load(open(path))
-        for name, samples in r["samples"].items():
+        for name, samples in r.get("samples", {}).items():
             label = {"moat": "Moat", "raw": f"raw {'runc' if r['tier'] == 'container' else 'runsc'}"}.get(name, name)
             cdf(ax, samples, label)
         ax.set_title(f"{title} — {r['tier']}")
@@ -67,7 +67,6 @@ if density:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "density.png"), dpi=110)
     print("wrote", os.path.join(out, "density.png"))
-sys.exit(0)
 
 
 fanout = load("fanout-container.json")
@@ -85,3 +84,4 @@ if fanout:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "fanout.png"), dpi=110)
     print("wrote", os.path.join(out, "fanout.png"))
+sys.exit(0)
