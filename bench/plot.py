@@ -34,7 +34,7 @@ def latency_figure(kind, title, xlabel, log=False):
     fig, axes = plt.subplots(1, len(files), figsize=(6 * len(files), 4), squeeze=False)
     for ax, path in zip(axes[0], files):
         r = json.load(open(path))
-        for name, samples in r["samples"].items():
+        for name, samples in r.get("samples", {}).items():
             label = {"moat": "Moat", "raw": f"raw {'runc' if r['tier'] == 'container' else 'runsc'}"}.get(name, name)
             cdf(ax, samples, label)
         ax.set_title(f"{title} — {r['tier']}")
@@ -67,4 +67,21 @@ if density:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "density.png"), dpi=110)
     print("wrote", os.path.join(out, "density.png"))
+
+
+fanout = load("fanout-container.json")
+if fanout:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cdf(ax, fanout["samples"]["moat"], f"Moat, {fanout['sandboxes']} container sandboxes")
+    e2b = fanout["e2b"]
+    ax.axvline(e2b["p50"], color="grey", linestyle="--", label=f"E2B published p50 {e2b['p50']} ms ({e2b['sandboxes']} sandboxes)")
+    ax.axvline(e2b["p99"], color="grey", linestyle=":", label=f"E2B published p99 {e2b['p99']} ms")
+    ax.set_title("exec fan-out: one `echo` in every sandbox at once")
+    ax.set_xlabel("per-sandbox latency, milliseconds")
+    ax.set_ylabel("fraction of sandboxes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "fanout.png"), dpi=110)
+    print("wrote", os.path.join(out, "fanout.png"))
 sys.exit(0)

@@ -11,7 +11,7 @@ namespace Moat.Bench;
 
 /// <summary>
 /// moat-bench SCENARIO [--tier container|gvisor|microvm] [--n N] [--out DIR]
-/// Scenarios: create, exec, oneshot, cli, density, templates; boot (microvm only). Each measures Moat and the raw runtime doing
+/// Scenarios: create, exec, oneshot, cli, density, templates, fanout, network, api (N = seconds per concurrency level), audit; boot (microvm only). Each measures Moat and the raw runtime doing
 /// the same thing in the same run, and writes DIR/SCENARIO-TIER.json with the samples.
 /// </summary>
 public static class Program
@@ -20,7 +20,7 @@ public static class Program
     {
         if (args.Length == 0)
         {
-            Console.Error.WriteLine("usage: moat-bench create|exec|oneshot|cli|density|templates [--tier T] [--n N] [--out DIR]");
+            Console.Error.WriteLine("usage: moat-bench create|exec|oneshot|cli|density|templates|fanout|network|api|audit [--tier T] [--n N] [--out DIR]");
             return 2;
         }
         var scenario = args[0];
@@ -34,6 +34,14 @@ public static class Program
         var outDir = Arg("--out", Path.Combine(Bench.RepoRoot, "bench", "results"));
         Directory.CreateDirectory(outDir);
 
+        if (scenario is "api" or "audit")
+        {
+            // through a real `moat serve` in this process, which owns its own node
+            var api = scenario == "api" ? await ApiScenarios.GetAsync(n) : await ApiScenarios.AuditAsync(n);
+            return await WriteAsync(api, scenario, tier, outDir);
+        }
+        if (scenario == "network")
+            return await WriteAsync(await NetworkScenarios.CreateAsync(tier, n), scenario, tier, outDir);
         await using var bench = await Bench.StartAsync(tier);
         JsonObject result = scenario switch
         {
@@ -47,8 +55,14 @@ public static class Program
             "cli" => await Scenarios.CliAsync(bench, n),
             "density" => await Scenarios.DensityAsync(bench, n),
             "templates" => await TemplateScenarios.RunAsync(bench, n),
+            "fanout" => await FanoutScenarios.RunAsync(bench, n),
             _ => throw new ArgumentException($"unknown scenario {scenario}"),
         };
+        return await WriteAsync(result, scenario, tier, outDir);
+    }
+
+    private static async Task<int> WriteAsync(JsonObject result, string scenario, IsolationTier tier, string outDir)
+    {
         result["scenario"] = scenario;
         result["tier"] = tier.Name();
         result["host"] = Bench.HostDescription();
@@ -83,7 +97,7 @@ public sealed class Bench : IAsyncDisposable
 
     public const string Tenant = "bench";
 
-    public static async Task<Bench> StartAsync(IsolationTier tier)
+    public static async Task<Bench> StartAsync(IsolationTier tier, IEnumerable<KeyValuePair<string, string?>>? extra = null)
     {
         var data = Environment.GetEnvironmentVariable("MOAT_BENCH_DATA") ?? "/var/lib/moat-bench";
         var config = MoatConfiguration.Build(
@@ -93,6 +107,7 @@ public sealed class Bench : IAsyncDisposable
             new("Moat:BuiltinTemplates:Directory", Path.Combine(RepoRoot, "artifacts", "templates")),
             new("Moat:Owner", SandboxManager.RunOwner()),
             new("Moat:MaxConcurrentCreates", "16"),
+            .. extra ?? [],
         ]);
         var services = new ServiceCollection();
         services.AddLogging(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(Enum.TryParse<LogLevel>(Environment.GetEnvironmentVariable("MOAT_LOG"), true, out var level) ? level : LogLevel.Warning));

@@ -7,13 +7,13 @@ namespace Moat.Bench;
 /// <summary>The measurements. Each runs Moat and the raw runtime alternately, in one process, on one machine.</summary>
 public static class Scenarios
 {
-    private static JsonObject Summary(Stats s) => new()
+    internal static JsonObject Summary(Stats s) => new()
     {
         ["n"] = s.N, ["p50"] = Math.Round(s.P50, 3), ["p90"] = Math.Round(s.P90, 3), ["p99"] = Math.Round(s.P99, 3),
         ["mean"] = Math.Round(s.Mean, 3), ["min"] = Math.Round(s.Min, 3), ["max"] = Math.Round(s.Max, 3),
     };
 
-    private static JsonArray Samples(IEnumerable<double> samples) => new([.. samples.Select(v => (JsonNode)Math.Round(v, 3))]);
+    internal static JsonArray Samples(IEnumerable<double> samples) => new([.. samples.Select(v => (JsonNode)Math.Round(v, 3))]);
 
     private static string RuntimeBinary(IsolationTier tier) => tier switch
     {

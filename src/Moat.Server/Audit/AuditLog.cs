@@ -26,9 +26,17 @@ public sealed partial class AuditLog(IAuditStore store, TimeProvider time, ILogg
     private string _head = Genesis;
     private readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>
+    /// Whether records are kept (<c>Moat:Audit:Enabled</c>, default true). Off, <see cref="Append"/> drops
+    /// everything; the chain already stored stays readable and verifiable.
+    /// </summary>
+    public bool Enabled { get; set; } = true;
+
     /// <summary>Queues a record; its sequence number and hashes are assigned when it is written.</summary>
     public void Append(string kind, string action, string? tenantId, string? keyId, string? sandboxId, string? result, string? data)
     {
+        if (!Enabled)
+            return;
         var entry = new AuditEntry { Time = time.GetUtcNow(), Kind = kind, Action = action, TenantId = tenantId, KeyId = keyId, SandboxId = sandboxId, Result = result, Data = data };
         if (!_queue.Writer.TryWrite(entry))
             LogDropped(logger, kind, action);

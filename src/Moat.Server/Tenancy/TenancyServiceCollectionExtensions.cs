@@ -27,7 +27,10 @@ public static class TenancyServiceCollectionExtensions
         services.AddOptions<UsageOptions>().Bind(configuration.GetSection("Moat:Usage"));
         services.AddOptions<MetricsOptions>().Bind(configuration.GetSection("Moat:Metrics"));
         services.AddSingleton<QuotaEnforcer>();
-        services.AddSingleton<AuditLog>();
+        services.AddSingleton(sp => new AuditLog(sp.GetRequiredService<IAuditStore>(), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<Microsoft.Extensions.Logging.ILogger<AuditLog>>())
+        {
+            Enabled = configuration.GetValue("Moat:Audit:Enabled", true),
+        });
         services.AddSingleton<AuditHook>();
         services.AddSingleton<MoatMetrics>();
         services.AddSingleton<UsageMeter>();
