@@ -10,6 +10,7 @@ public sealed class EgressAuditTests(NetworkFixture fixture) : NetworkTestBase(f
     public async Task AllowedAndDeniedAttemptsAreAuditedWithVerdictNameAndPort()
     {
         var id = await CreateAsync(IsolationTier.Container, "allow", "allowed.test");
+        var before = await ScrapeAsync();
         var r = await PythonAsync(id, $"""
             out("http", http("allowed.test", path="/big/5000"))
             out("denied_ip", tcp("{TestWorld.Other}", 443, b"\x16\x03\x01"))
@@ -57,6 +58,28 @@ public sealed class EgressAuditTests(NetworkFixture fixture) : NetworkTestBase(f
         Assert.Empty(await AuditAsync(other, null));
         using var bad = await Api.GetAsync($"v1/audit?kind=networking&sandbox={id}");
         Assert.Equal(System.Net.HttpStatusCode.BadRequest, bad.StatusCode);
+
+        // The same attempts are counted in the Prometheus series (tests of this collection run one at a time).
+        var after = await ScrapeAsync();
+        double Delta(string series) => after.GetValueOrDefault(series) - before.GetValueOrDefault(series);
+        Assert.True(Delta("moat_egress_attempts_total{protocol=\"tcp\",verdict=\"allowed\"}") >= 1, string.Join("\n", after));
+        Assert.True(Delta("moat_egress_attempts_total{protocol=\"tcp\",verdict=\"denied\"}") >= 1, string.Join("\n", after));
+        Assert.True(Delta("moat_egress_attempts_total{protocol=\"dns\",verdict=\"denied\"}") >= 1, string.Join("\n", after));
+        Assert.True(Delta("moat_egress_bytes_total{direction=\"in\"}") >= allowedData.GetProperty("bytesIn").GetInt64(), string.Join("\n", after));
+        Assert.True(Delta("moat_egress_bytes_total{direction=\"out\"}") >= allowedData.GetProperty("bytesOut").GetInt64(), string.Join("\n", after));
+    }
+
+    /// <summary>GET /metrics: each sample line's series (name and labels as written) and value.</summary>
+    private async Task<Dictionary<string, double>> ScrapeAsync()
+    {
+        var text = await Api.GetStringAsync("metrics");
+        var samples = new Dictionary<string, double>();
+        foreach (var line in text.Split('\n').Where(l => l.StartsWith("moat_egress_", StringComparison.Ordinal)))
+        {
+            int space = line.LastIndexOf(' ');
+            samples[line[..space]] = double.Parse(line[(space + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        return samples;
     }
 
     private static JsonElement Data(JsonElement record) => JsonDocument.Parse(record.GetProperty("data").GetString()!).RootElement.Clone();
