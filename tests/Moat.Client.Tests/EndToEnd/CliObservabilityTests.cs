@@ -45,6 +45,12 @@ public sealed class CliObservabilityTests(ServerFixture server, ITestOutputHelpe
         Assert.Contains("sandbox_not_found", unknown.Stderr);
         var badLimit = await MoatAsync(null, "sandbox", "logs", sandbox.Id, "--limit", "0");
         Assert.Equal(2, badLimit.Exit);
+
+        // moat audit knows the network kind (EgressAuditTests proves what such records hold).
+        var network = await MoatAsync(null, "audit", "--kind", "network", "--sandbox", sandbox.Id);
+        Assert.Equal(0, network.Exit);
+        Assert.StartsWith("SEQ", network.Stdout);
+        Assert.Equal(2, (await MoatAsync(null, "audit", "--kind", "networking")).Exit);
     }
 
     [SkippableFact]
