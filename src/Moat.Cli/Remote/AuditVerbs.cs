@@ -10,13 +10,13 @@ internal static class AuditVerbs
     {
         var tenant = new Option<string?>("--tenant") { Description = "Only this tenant (operator key)" };
         var sandbox = new Option<string?>("--sandbox") { Description = "Only this sandbox" };
-        var kind = new Option<string?>("--kind") { Description = "api, command, file or lifecycle" };
-        kind.AcceptOnlyFromAmong("api", "command", "file", "lifecycle");
+        var kind = new Option<string?>("--kind") { Description = "api, command, file, lifecycle or network" };
+        kind.AcceptOnlyFromAmong("api", "command", "file", "lifecycle", "network");
         var since = new Option<string?>("--since") { Description = "From this time (ISO 8601 or Unix seconds)" };
         var until = new Option<string?>("--until") { Description = "Until this time" };
         var limit = new Option<int?>("--limit") { Description = "At most this many records (default 1000)" };
         var jsonl = new Option<bool>("--jsonl") { Description = "Export as JSON lines (every field, hashes included)" };
-        var group = Connection.With(new Command("audit", "The audit trail: API actions, commands, file writes, lifecycle (needs an admin key).\nExample: moat audit --kind command --sandbox sb... ; moat audit --jsonl > audit.jsonl")
+        var group = Connection.With(new Command("audit", "The audit trail: API actions, commands, file writes, lifecycle, network attempts (needs an admin key).\nExample: moat audit --kind command --sandbox sb... ; moat audit --jsonl > audit.jsonl")
         {
             tenant, sandbox, kind, since, until, limit, jsonl,
         });

@@ -5,7 +5,7 @@ using Spectre.Console;
 
 namespace Moat.Cli.Remote;
 
-/// <summary><c>moat sandbox create|ls|get|kill|timeout|shell</c>.</summary>
+/// <summary><c>moat sandbox create|ls|get|kill|timeout|shell|metrics|logs</c>.</summary>
 internal static class SandboxVerbs
 {
     public static Command Create()
@@ -17,6 +17,7 @@ internal static class SandboxVerbs
         group.Subcommands.Add(KillVerb());
         group.Subcommands.Add(TimeoutVerb());
         group.Subcommands.Add(ShellVerb.Create());
+        ObservabilityVerbs.AddTo(group);
         return group;
     }
 

@@ -99,4 +99,23 @@ public sealed partial class MetricsTests(ServerFixture server, ITestOutputHelper
             Assert.Equal(Value(after, family + "_count", ("tier", "container")), buckets[^1].Value);
         }
     }
+
+    [SkippableFact]
+    public async Task The_scrape_declares_the_pool_egress_and_agent_failure_series()
+    {
+        await using var sandbox = await CreateAsync();
+        using var http = TenancyKit.Http(Server, null);
+        var text = await http.GetStringAsync("metrics", Timeout);
+        Parse(text);
+        // Declared with their type even before anything has counted into them.
+        foreach (var (name, type) in new[]
+        {
+            ("moat_pool_ready", "gauge"), ("moat_pool_target", "gauge"), ("moat_pool_hits_total", "counter"), ("moat_pool_misses_total", "counter"),
+            ("moat_egress_bytes_total", "counter"), ("moat_egress_attempts_total", "counter"), ("moat_agent_failures_total", "counter"),
+        })
+        {
+            Assert.Contains($"# TYPE {name} {type}\n", text);
+            Assert.Matches($"(?m)^# HELP {name} .+$", text);
+        }
+    }
 }
