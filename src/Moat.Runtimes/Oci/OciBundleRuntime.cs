@@ -189,17 +189,37 @@ public abstract partial class OciBundleRuntime(ProcessRunner runner, OverlayRoot
         if (result.ExitCode != 0 && !result.Stderr.Contains("not exist", StringComparison.Ordinal) && !result.Stderr.Contains("not found", StringComparison.Ordinal))
             LogDeleteFailed(logger, instance.ContainerId, result.Stderr.Trim());
         // Whatever the runtime left in the sandbox's cgroup (a half-made container) is killed.
+        // Killed processes take a moment to leave the cgroup, and a fork bomb forks between two
+        // reads of its list: kill and look again until it is empty, then remove it (rmdir is EBUSY
+        // while anything is left).
         var cgroup = CgroupOf(instance);
-        foreach (var pid in cgroup.Processes())
-            Linux.Kill(pid, 9);
-        rootfs.Release(instance.Directory);
-        try
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
         {
-            cgroup.Remove();
+            var left = cgroup.Processes().ToList();
+            foreach (var pid in left)
+                Linux.Kill(pid, 9);
+            if (left.Count == 0 || DateTime.UtcNow > deadline)
+                break;
+            await Task.Delay(20, CancellationToken.None).ConfigureAwait(false);
         }
-        catch (IOException ex)
+        rootfs.Release(instance.Directory);
+        for (int attempt = 0; ; attempt++)
         {
-            LogDeleteFailed(logger, instance.ContainerId, $"cgroup {cgroup.Path}: {ex.Message}");
+            try
+            {
+                cgroup.Remove();
+                break;
+            }
+            catch (IOException) when (attempt < 50)
+            {
+                await Task.Delay(100, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (IOException ex)
+            {
+                LogDeleteFailed(logger, instance.ContainerId, $"cgroup {cgroup.Path}: {ex.Message}");
+                break;
+            }
         }
     }
 
