@@ -1,0 +1,97 @@
+using Microsoft.Extensions.Logging;
+using Moat.Core.Errors;
+using Moat.Core.Host;
+using Moat.Core.Runtimes;
+using Moat.Storage.Rootfs;
+
+namespace Moat.Runtimes.Runsc;
+
+/// <summary>
+/// Memory snapshots of the gVisor tier: <c>runsc checkpoint</c> saves the Sentry's whole kernel
+/// state (processes, memory, open files) to an image directory, <c>runsc restore</c> starts a new
+/// sandbox from it. gVisor cannot save a socket bound on the host, and the agent's channel is one
+/// (<c>--host-uds=create</c>), so the agent is asked to park it first (SIGUSR1: it closes its
+/// sessions, its listener and unlinks the socket) and to listen again afterwards (SIGUSR2) — in the
+/// source sandbox, which runs on, and in every sandbox restored from the image, whose channel
+/// directory is its own.
+/// </summary>
+public sealed partial class RunscRuntime : ISandboxRuntime
+{
+    /// <inheritdoc />
+    public IReadOnlyList<string> SnapshotKinds => [SnapshotKindNames.Filesystem, SnapshotKindNames.Memory];
+
+    /// <inheritdoc />
+    public string? MemorySnapshotProblem => null;
+
+    /// <inheritdoc />
+    public async Task CheckpointAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken)
+    {
+        Directory.CreateDirectory(imageDirectory);
+        await SignalAgentAsync(instance, "USR1", cancellationToken).ConfigureAwait(false);
+        try
+        {
+            // The agent unlinks its socket once nothing of the channel is open any more.
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            while (File.Exists(instance.AgentSocket))
+            {
+                if (DateTime.UtcNow > deadline)
+                    throw new MoatException(ErrorKind.Timeout, "checkpoint_timeout", $"the agent of sandbox {instance.ContainerId} did not release its channel for the checkpoint within 10 s");
+                await Task.Delay(5, cancellationToken).ConfigureAwait(false);
+            }
+            // Frozen from here to the end of the save: the memory image, /tmp and whatever the
+            // caller captures (the writable layer) are of one instant.
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "pause", instance.ContainerId], new HostCommandOptions { Timeout = TimeSpan.FromSeconds(30) }, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await SaveFrozenAsync(instance, imageDirectory, whileFrozen, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "resume", instance.ContainerId], new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(30) }, CancellationToken.None).ConfigureAwait(false);
+            }
+            LogCheckpointed(logger, instance.ContainerId, clock.Elapsed.TotalMilliseconds);
+        }
+        finally
+        {
+            await SignalAgentAsync(instance, "USR2", CancellationToken.None).ConfigureAwait(false);
+        }
+    }
+
+    private async Task SaveFrozenAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken)
+    {
+        if (whileFrozen is not null)
+            await whileFrozen(cancellationToken).ConfigureAwait(false);
+        // /tmp lives on the scratch volume, beside the writable layer.
+        var tmp = Path.Combine(OverlayRootfs.LayoutOf(instance.Directory).ScratchMount, "tmp");
+        if (Directory.Exists(tmp))
+        {
+            Directory.CreateDirectory(Path.Combine(imageDirectory, CheckpointTmp));
+            await Runner.RunAsync("cp", ["-a", "--", tmp + "/.", Path.Combine(imageDirectory, CheckpointTmp)], new HostCommandOptions { Timeout = TimeSpan.FromSeconds(300) }, cancellationToken).ConfigureAwait(false);
+        }
+        var result = await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "checkpoint", "--image-path", imageDirectory, "--leave-running", instance.ContainerId],
+            new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(300) }, cancellationToken).ConfigureAwait(false);
+        if (result.ExitCode != 0)
+            throw new MoatException(ErrorKind.Internal, "checkpoint_failed", $"gVisor could not checkpoint sandbox {instance.ContainerId}: {FirstLine(result.Stderr)}");
+    }
+
+    /// <inheritdoc />
+    protected override IReadOnlyList<string> RestoreCommand(string pidFile, string bundle, string imageDirectory, string id) =>
+        ["restore", "--detach", "--pid-file", pidFile, "--bundle", bundle, "--image-path", imageDirectory, id];
+
+    /// <summary>The restored agent still has its channel parked: let it listen in its new home.</summary>
+    protected override Task AfterRestoreAsync(RuntimeInstance instance, CancellationToken cancellationToken) =>
+        SignalAgentAsync(instance, "USR2", cancellationToken);
+
+    private Task SignalAgentAsync(RuntimeInstance instance, string signal, CancellationToken cancellationToken) =>
+        Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "kill", instance.ContainerId, signal], new HostCommandOptions { Timeout = TimeSpan.FromSeconds(30) }, cancellationToken);
+
+    private static string FirstLine(string text)
+    {
+        var line = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault(l => l.Length > 0) ?? "no error output";
+        return line.Length > 400 ? line[..400] : line;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpointed {SandboxId} in {Ms:0.0} ms (frozen)")]
+    private static partial void LogCheckpointed(ILogger logger, string sandboxId, double ms);
+}
