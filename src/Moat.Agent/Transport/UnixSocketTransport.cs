@@ -72,12 +72,20 @@ internal sealed unsafe class UnixSocketTransport : IAgentTransport
         closeSessions();
         Libc.close(_listenFd);
         _listenFd = -1;
-        // The socket's name going away tells the host the channel is parked.
-        fixed (byte* p = _path)
-            Libc.unlinkat(Libc.AT_FDCWD, p, 0);
+        // A marker beside the socket tells the host the channel is parked (gVisor's gofer cannot
+        // unlink a host socket; the host removes the stale name itself).
+        var marker = System.Text.Encoding.UTF8.GetString(_path.AsSpan(0, _path.Length - 1)) + ".parked";
+        File.WriteAllText(marker, "parked\n");
         AgentLog.Info("channel parked for a checkpoint");
         _unpark.Wait();
         _parkRequested = false;
+        try
+        {
+            File.Delete(marker);
+        }
+        catch (IOException)
+        {
+        }
         byte* drain = stackalloc byte[64];
         while (poll(new PollFd { Fd = _wakeRead, Events = 1 }, 0) > 0 && Libc.read(_wakeRead, drain, 64) > 0)
         {

@@ -29,11 +29,16 @@ public sealed partial class SandboxManager
             var old = live.Detach();
             if (old is not null)
                 await old.DisposeAsync().ConfigureAwait(false);
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo? failure = null;
             try
             {
                 await runtime.CheckpointAsync(instance, imageDirectory, whileFrozen, cancellationToken).ConfigureAwait(false);
             }
-            finally
+            catch (Exception ex)
+            {
+                failure = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ex);
+            }
+            try
             {
                 using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_shutdown.Token);
                 deadline.CancelAfter(TimeSpan.FromSeconds(30));
@@ -41,6 +46,12 @@ public sealed partial class SandboxManager
                 live.Attach(agent);
                 Watch(live, agent);
             }
+            catch (Exception ex) when (failure is not null)
+            {
+                // The checkpoint's own error is the one to report.
+                LogReconnectFailed(_logger, id, ex.Message);
+            }
+            failure?.Throw();
             LogCheckpoint(_logger, id, imageDirectory);
         }
         finally
@@ -89,6 +100,9 @@ public sealed partial class SandboxManager
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Sandbox {SandboxId}: restored, but reseeding failed: {Error}")]
     private static partial void LogReseedFailed(ILogger logger, string sandboxId, string error);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Sandbox {SandboxId}: no agent connection after a failed checkpoint: {Error}")]
+    private static partial void LogReconnectFailed(ILogger logger, string sandboxId, string error);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId}: memory checkpoint in {Directory}")]
     private static partial void LogCheckpoint(ILogger logger, string sandboxId, string directory);

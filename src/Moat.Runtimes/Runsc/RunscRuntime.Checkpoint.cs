@@ -30,26 +30,36 @@ public sealed partial class RunscRuntime : ISandboxRuntime
         await SignalAgentAsync(instance, "USR1", cancellationToken).ConfigureAwait(false);
         try
         {
-            // The agent unlinks its socket once nothing of the channel is open any more.
+            // The agent writes a marker once nothing of the channel is open any more; the stale
+            // socket name is the host's to remove (the gofer cannot unlink a host socket).
+            var marker = instance.AgentSocket + ".parked";
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-            while (File.Exists(instance.AgentSocket))
+            while (!File.Exists(marker))
             {
                 if (DateTime.UtcNow > deadline)
                     throw new MoatException(ErrorKind.Timeout, "checkpoint_timeout", $"the agent of sandbox {instance.ContainerId} did not release its channel for the checkpoint within 10 s");
                 await Task.Delay(5, cancellationToken).ConfigureAwait(false);
             }
-            // Frozen from here to the end of the save: the memory image, /tmp and whatever the
-            // caller captures (the writable layer) are of one instant.
+            File.Delete(instance.AgentSocket);
+            foreach (var stale in Directory.EnumerateFiles(Path.GetDirectoryName(instance.AgentSocket)!, Path.GetFileName(instance.AgentSocket) + ".*").Where(f => f != marker))
+                File.Delete(stale);
+            // The files are read frozen (runsc pause), then the memory saved; this release of
+            // runsc cannot checkpoint a paused sandbox with --leave-running, so what a process
+            // writes in the few milliseconds between the two is in memory but not on disk.
             var clock = System.Diagnostics.Stopwatch.StartNew();
             await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "pause", instance.ContainerId], new HostCommandOptions { Timeout = TimeSpan.FromSeconds(30) }, cancellationToken).ConfigureAwait(false);
             try
             {
-                await SaveFrozenAsync(instance, imageDirectory, whileFrozen, cancellationToken).ConfigureAwait(false);
+                await CaptureFilesAsync(instance, imageDirectory, whileFrozen, cancellationToken).ConfigureAwait(false);
             }
             finally
             {
                 await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "resume", instance.ContainerId], new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(30) }, CancellationToken.None).ConfigureAwait(false);
             }
+            var result = await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "checkpoint", "--image-path", imageDirectory, "--leave-running", instance.ContainerId],
+                new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(300) }, cancellationToken).ConfigureAwait(false);
+            if (result.ExitCode != 0)
+                throw new MoatException(ErrorKind.Internal, "checkpoint_failed", $"gVisor could not checkpoint sandbox {instance.ContainerId}: {FirstLine(result.Stderr)}");
             LogCheckpointed(logger, instance.ContainerId, clock.Elapsed.TotalMilliseconds);
         }
         finally
@@ -58,7 +68,7 @@ public sealed partial class RunscRuntime : ISandboxRuntime
         }
     }
 
-    private async Task SaveFrozenAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken)
+    private async Task CaptureFilesAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken)
     {
         if (whileFrozen is not null)
             await whileFrozen(cancellationToken).ConfigureAwait(false);
@@ -69,10 +79,6 @@ public sealed partial class RunscRuntime : ISandboxRuntime
             Directory.CreateDirectory(Path.Combine(imageDirectory, CheckpointTmp));
             await Runner.RunAsync("cp", ["-a", "--", tmp + "/.", Path.Combine(imageDirectory, CheckpointTmp)], new HostCommandOptions { Timeout = TimeSpan.FromSeconds(300) }, cancellationToken).ConfigureAwait(false);
         }
-        var result = await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "checkpoint", "--image-path", imageDirectory, "--leave-running", instance.ContainerId],
-            new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(300) }, cancellationToken).ConfigureAwait(false);
-        if (result.ExitCode != 0)
-            throw new MoatException(ErrorKind.Internal, "checkpoint_failed", $"gVisor could not checkpoint sandbox {instance.ContainerId}: {FirstLine(result.Stderr)}");
     }
 
     /// <inheritdoc />
