@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. Debian packages.
-packages=(runc runsc qemu-system-x86 qemu-utils busybox-static nftables iproute2 mmdebstrap e2fsprogs tar gcc libc6-dev docker-registry skopeo musl-tools lz4)
+packages=(runc runsc qemu-system-x86 qemu-utils busybox-static nftables iproute2 mmdebstrap e2fsprogs tar gcc libc6-dev docker-registry skopeo musl-tools lz4 chromium)
 # Node and npm run the stock E2B SDKs in the E2B compatibility tests (tests/e2b). A node that is
 # already there (e.g. NodeSource's nodejs, which bundles npm and conflicts with Debian's npm) is kept.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi

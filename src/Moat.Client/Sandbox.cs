@@ -92,6 +92,12 @@ public sealed class Sandbox : IAsyncDisposable
     /// <returns>A task that completes once the sandbox is gone.</returns>
     public Task KillAsync(CancellationToken cancellationToken = default) => _client.KillSandboxAsync(Id, cancellationToken);
 
+    /// <summary>This sandbox's resource series (CPU %, memory, disk, network).</summary>
+    public Task<SandboxMetricsResponse> GetMetricsAsync(DateTimeOffset? since = null, CancellationToken cancellationToken = default) => _client.GetSandboxMetricsAsync(Id, since, cancellationToken);
+
+    /// <summary>This sandbox's command output history after sequence number <paramref name="after"/>.</summary>
+    public Task<SandboxLogsResponse> GetLogsAsync(long after = 0, int? limit = null, CancellationToken cancellationToken = default) => _client.GetSandboxLogsAsync(Id, after, limit, cancellationToken);
+
     /// <summary>
     /// Kills the sandbox when <see cref="KillOnDispose"/> is set, ignoring that it may already be gone
     /// (404, 409). Other failures (the server unreachable) are thrown: the sandbox then lives until its timeout.

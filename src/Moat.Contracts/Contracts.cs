@@ -547,4 +547,6 @@ public sealed record TemplateListResponse(IReadOnlyList<TemplateDto> Templates);
 [JsonSerializable(typeof(CodeContextDto))]
 [JsonSerializable(typeof(CodeContextListResponse))]
 [JsonSerializable(typeof(TerminalMessage))]
+[JsonSerializable(typeof(SandboxMetricsResponse))]
+[JsonSerializable(typeof(SandboxLogsResponse))]
 public sealed partial class MoatJson : JsonSerializerContext;

@@ -78,7 +78,7 @@ public sealed record AuditRecordDto
     public long Seq { get; init; }
     /// <summary>When it happened.</summary>
     public DateTimeOffset Time { get; init; }
-    /// <summary>api, command, file or lifecycle.</summary>
+    /// <summary>api, command, file, lifecycle or network.</summary>
     public required string Kind { get; init; }
     /// <summary>Tenant.</summary>
     public string? TenantId { get; init; }

@@ -80,6 +80,13 @@ public sealed partial class NetworkController : INetworkController, IAsyncDispos
     /// <summary>The connection log (shared by the proxy, the relay and the resolver).</summary>
     public EgressLog Log => _log.Value;
 
+    /// <inheritdoc />
+    public event Action<string, EgressEvent>? EgressRecorded
+    {
+        add => Log.Recorded += value;
+        remove => Log.Recorded -= value;
+    }
+
     /// <summary>Moat's upstream resolver (after the first attach).</summary>
     internal UpstreamResolver? Resolver => _resolver;
 

@@ -13,6 +13,7 @@ using Moat.Server.Api;
 using Moat.Server.Auth;
 using Moat.Server.E2b;
 using Moat.Server.Errors;
+using Moat.Server.Observability;
 using Moat.Server.Tenancy;
 
 namespace Moat.Server;
@@ -52,6 +53,7 @@ public sealed class MoatServer
             limits.MaxConcurrentUpgradedConnections = 10_000;
             k.AddServerHeader = false;
         });
+        ServerLogging.Configure(builder.Logging, builder.Configuration);
         builder.Services.AddMoatNode(builder.Configuration);
         builder.Services.Configure<ServerOptions>(builder.Configuration.GetSection("Moat:Server"));
         builder.Services.AddSingleton<ApiKeyService>();
@@ -78,7 +80,9 @@ public sealed class MoatServer
         app.Use((context, next) => ErrorWriter.HandleAsync(context, next));
         app.UseWebSockets();
         app.UseAuthentication();
+        app.UseMoatLogScopes();
         app.UseMoatRateLimits();
+        app.UseInboundHosts();
         app.UseE2bSandboxTraffic();
         app.UseAuthorization();
         app.MapGet("/healthz", () => Results.Text("ok\n")).AllowAnonymous().WithTags("health");
@@ -97,6 +101,7 @@ public sealed class MoatServer
         SnapshotEndpoints.Map(app);
         app.MapMoatTenancy();
         NetworkEndpoints.Map(app);
+        Dashboard.DashboardEndpoints.Map(app);
         app.MapFallback((HttpContext context) => ErrorWriter.WriteAsync(context, StatusCodes.Status404NotFound, "not_found", $"no route for {context.Request.Method} {context.Request.Path}")).AllowAnonymous();
         return app;
     }

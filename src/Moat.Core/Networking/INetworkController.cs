@@ -55,6 +55,9 @@ public interface INetworkController
     /// <summary>After recovery: removes whatever this node made for sandboxes that are not in <paramref name="alive"/>.</summary>
     Task PruneAsync(IReadOnlySet<string> alive, CancellationToken cancellationToken);
 
+    /// <summary>Raised after a sandbox's connection attempt or DNS question is recorded in its log (sandbox id, event); handlers must not block.</summary>
+    event Action<string, EgressEvent>? EgressRecorded;
+
     /// <summary>The sandbox's connection log after sequence number <paramref name="after"/>, oldest first.</summary>
     Task<EgressLogPage> ReadLogAsync(string sandboxId, long after, int limit, CancellationToken cancellationToken);
 

@@ -48,7 +48,9 @@ public sealed partial class SandboxManager
             throw CommandRefused(ex);
         }
         NotifyCommand(live, process, argv, request.User, request.Cwd, detached);
-        return new SandboxCommand(process, command.Timeout, () => OomKillsAsync(live, CancellationToken.None), oomBefore);
+        if (detached)
+            live.BackgroundArgv[process.Pid] = argv;
+        return new SandboxCommand(process, command.Timeout, () => OomKillsAsync(live, CancellationToken.None), oomBefore, OutputObserver(live, process.Pid, argv));
     }
 
     /// <summary>
@@ -131,7 +133,8 @@ public sealed partial class SandboxManager
         var agent = live.Agent ?? throw NotRunning(live.Record);
         long oomBefore = await OomKillsAsync(live, cancellationToken).ConfigureAwait(false);
         var process = await agent.AttachAsync(new AttachRequest { Pid = pid, Tag = tag ?? "", Replay = replay }, cancellationToken).ConfigureAwait(false);
-        return new SandboxCommand(process, null, () => OomKillsAsync(live, CancellationToken.None), oomBefore);
+        IReadOnlyList<string> argv = live.BackgroundArgv.TryGetValue(process.Pid, out var known) ? known : [];
+        return new SandboxCommand(process, null, () => OomKillsAsync(live, CancellationToken.None), oomBefore, OutputObserver(live, process.Pid, argv));
     }
 
     /// <summary>Commands the sandbox's agent tracks.</summary>
@@ -307,10 +310,13 @@ public sealed class SandboxCommand : IAsyncDisposable
     private readonly Func<Task<long>> _oomKills;
     private readonly long _oomBefore;
     private readonly Timer? _backstop;
+    private readonly Action<CommandOutputKind, ReadOnlyMemory<byte>, int>? _observe;
+    private int _exitObserved;
 
-    internal SandboxCommand(AgentProcess process, TimeSpan? timeout, Func<Task<long>> oomKills, long oomBefore)
+    internal SandboxCommand(AgentProcess process, TimeSpan? timeout, Func<Task<long>> oomKills, long oomBefore, Action<CommandOutputKind, ReadOnlyMemory<byte>, int>? observe = null)
     {
         _process = process;
+        _observe = observe;
         _oomKills = oomKills;
         _oomBefore = oomBefore;
         // The agent enforces the timeout; if it cannot (it is starved, or lying), the host does.
@@ -322,7 +328,20 @@ public sealed class SandboxCommand : IAsyncDisposable
     public int Pid => _process.Pid;
 
     /// <summary>Output as it is produced; ends after the exit.</summary>
-    public IAsyncEnumerable<ProcessOutput> ReadOutputAsync(CancellationToken cancellationToken = default) => _process.ReadOutputAsync(cancellationToken);
+    public IAsyncEnumerable<ProcessOutput> ReadOutputAsync(CancellationToken cancellationToken = default) =>
+        _observe is null ? _process.ReadOutputAsync(cancellationToken) : ObservedOutputAsync(cancellationToken);
+
+    /// <summary>The output, shown to the observer (the command history) as it passes, then the exit.</summary>
+    private async IAsyncEnumerable<ProcessOutput> ObservedOutputAsync([System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        await foreach (var chunk in _process.ReadOutputAsync(cancellationToken).ConfigureAwait(false))
+        {
+            _observe!(chunk.Stream == OutputStream.Stderr ? CommandOutputKind.Stderr : CommandOutputKind.Stdout, chunk.Data, 0);
+            yield return chunk;
+        }
+        if (_process.Exit.IsCompletedSuccessfully && Interlocked.Exchange(ref _exitObserved, 1) == 0)
+            _observe!(CommandOutputKind.Exit, ReadOnlyMemory<byte>.Empty, _process.Exit.Result.ExitCode);
+    }
 
     /// <summary>Writes to stdin.</summary>
     public ValueTask WriteStdinAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) => _process.WriteStdinAsync(data, cancellationToken);
@@ -351,7 +370,13 @@ public sealed class SandboxCommand : IAsyncDisposable
     /// <summary>The exit, once the output has been read; reports an OOM kill the host saw in the meantime.</summary>
     public async Task<ProcessExit> WaitExitAsync(CancellationToken cancellationToken = default)
     {
-        var exit = _process.Exit.IsCompleted ? await _process.Exit.ConfigureAwait(false) : await _process.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (!_process.Exit.IsCompleted)
+        {
+            await foreach (var _ in ReadOutputAsync(cancellationToken).ConfigureAwait(false))
+            {
+            }
+        }
+        var exit = await _process.Exit.ConfigureAwait(false);
         if (exit.Signal == 9 && !exit.TimedOut && await _oomKills().ConfigureAwait(false) > _oomBefore)
             exit = exit with { OomKilled = true };
         return exit;

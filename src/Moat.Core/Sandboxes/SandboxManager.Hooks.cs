@@ -87,6 +87,42 @@ public sealed partial class SandboxManager
         }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 
+    /// <summary>What a command's output is shown to on its way through the host (null when no hook listens).</summary>
+    private Action<CommandOutputKind, ReadOnlyMemory<byte>, int>? OutputObserver(LiveSandbox live, int pid, IReadOnlyList<string> argv)
+    {
+        if (_hooks.Length == 0)
+            return null;
+        return (kind, data, exitCode) =>
+        {
+            var info = new CommandOutputInfo(pid, argv, kind, data, exitCode);
+            Notify(h => h.OnOutput(live.Record, info));
+        };
+    }
+
+    /// <summary>An egress event of a sandbox, for the hooks; a sandbox that just ended is looked up in the store.</summary>
+    private void OnEgressRecorded(string sandboxId, Networking.EgressEvent attempt)
+    {
+        if (_hooks.Length == 0)
+            return;
+        if (_live.TryGetValue(sandboxId, out var live))
+        {
+            Notify(h => h.OnEgress(live.Record, attempt));
+            return;
+        }
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                if (await _store.GetAsync(sandboxId, CancellationToken.None).ConfigureAwait(false) is { } record)
+                    Notify(h => h.OnEgress(record, attempt));
+            }
+            catch (Exception ex)
+            {
+                LogHookFailed(_logger, nameof(OnEgressRecorded), ex);
+            }
+        });
+    }
+
     private void NotifyFileWritten(string id, string tenantId, string path, long size, string sha256, string user)
     {
         if (_hooks.Length == 0 || !_live.TryGetValue(id, out var live) || live.Record.TenantId != tenantId)

@@ -36,6 +36,8 @@ public sealed partial class SandboxManager : IAsyncDisposable
     {
         _hooks = hooks?.ToArray() ?? [];
         _network = network;
+        if (network is not null && _hooks.Length > 0)
+            network.EgressRecorded += OnEgressRecorded;
         _store = store;
         _templates = templates;
         _runtimes = runtimes;
@@ -592,6 +594,9 @@ internal sealed class LiveSandbox(SandboxRecord record, ISandboxRuntime? runtime
     public TemplateImage? Template { get; } = template;
     public SemaphoreSlim Gate { get; } = new(1, 1);
     public bool Ended { get; set; }
+
+    /// <summary>Command lines of background commands started through the host, by pid (for the history of a later attach).</summary>
+    public ConcurrentDictionary<int, IReadOnlyList<string>> BackgroundArgv { get; } = new();
 
     public AgentClient? Agent => Volatile.Read(ref _agent);
 

@@ -34,7 +34,7 @@ internal static class AuditEndpoints
         if (caller.Role != Roles.Operator && tenant is not null && tenant != caller.TenantId)
             throw new MoatException(ErrorKind.NotFound, "tenant_not_found", $"tenant '{tenant}' does not exist");
         if (kind is not null && !AuditKinds.IsKnown(kind))
-            throw MoatException.Invalid("invalid_kind", $"kind must be api, command, file or lifecycle, got '{kind}'");
+            throw MoatException.Invalid("invalid_kind", $"kind must be api, command, file, lifecycle or network, got '{kind}'");
         if (limit is < 1 or > 100_000)
             throw MoatException.Invalid("invalid_limit", "limit must be 1-100000");
         if (after is < 0)

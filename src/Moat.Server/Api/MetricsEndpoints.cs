@@ -13,6 +13,12 @@ public sealed class MetricsOptions
 {
     /// <summary>Whether a scrape needs an operator key (default: anonymous, as Prometheus scrapes usually are; the metrics carry no tenant ids).</summary>
     public bool RequireOperatorKey { get; set; }
+    /// <summary>Seconds between samples of each sandbox's resources (<c>GET /v1/sandboxes/{id}/metrics</c>).</summary>
+    public int SampleSeconds { get; set; } = 5;
+    /// <summary>Samples kept per sandbox (the oldest go first); the default holds 4 hours at 5 s.</summary>
+    public int MaxSamplesPerSandbox { get; set; } = 2880;
+    /// <summary>How long a sandbox's series is kept after it ends, minutes.</summary>
+    public int RetentionMinutes { get; set; } = 60;
 }
 
 /// <summary>Prometheus text exposition at <c>/metrics</c>.</summary>

@@ -116,7 +116,7 @@ internal static class NetworkEndpoints
         {
             Port = port,
             Url = url,
-            HostUrl = access.Domain.Length > 0 ? $"{request.Scheme}://{port}-{id}.{access.Domain}/" : null,
+            HostUrl = access.Domain.Length > 0 ? $"{request.Scheme}://{port}-{id}.{access.Domain}{(request.Host.Port is int p ? $":{p}" : "")}/" : null,
             Token = access.TokenFor(id),
             Public = access.IsPublic(id, port),
         };
@@ -141,17 +141,45 @@ internal static class InboundProxy
         "Authorization", "X-API-Key", NetworkEndpoints.TokenHeader,
     };
 
+    /// <summary>The path form: <c>/v1/sandboxes/{id}/ports/{port}/{rest}</c>.</summary>
     public static async Task HandleAsync(HttpContext context, SandboxManager manager, InboundAccess access, string id, int port, string? rest)
     {
         NetworkEndpoints.CheckPort(port);
-        if (manager.Network is not { } network)
-            throw new MoatException(ErrorKind.Unavailable, "network_unavailable", "this server has no network controller");
+        var network = NetworkOf(manager);
         var target = Authorize(context, manager, access, id, port);
+        await ForwardAsync(context, network, target, port, "/" + (rest ?? ""), NoExtraHeaders).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The host form: <c>{port}-{id}.{Moat:Network:Inbound:Domain}</c>, the request's whole path
+    /// going to the sandbox's port. Same credentials as the path form.
+    /// </summary>
+    public static async Task HandleHostAsync(HttpContext context, SandboxManager manager, InboundAccess access, string id, int port)
+    {
+        var network = NetworkOf(manager);
+        var target = Authorize(context, manager, access, id, port);
+        await ForwardAsync(context, network, target, port, context.Request.Path.Value is { Length: > 0 } path ? path : "/", NoExtraHeaders).ConfigureAwait(false);
+    }
+
+    /// <summary>No credential headers to remove beyond Moat's own.</summary>
+    public static readonly IReadOnlySet<string> NoExtraHeaders = new HashSet<string>();
+
+    /// <summary>The node's network controller, which opens connections into sandboxes.</summary>
+    public static INetworkController NetworkOf(SandboxManager manager) =>
+        manager.Network ?? throw new MoatException(ErrorKind.Unavailable, "network_unavailable", "this server has no network controller");
+
+    /// <summary>
+    /// Forwards the request (already admitted) to <paramref name="port"/> of the sandbox as
+    /// <paramref name="path"/> plus the query (without <c>moat_token</c>), leaving out Moat's
+    /// credentials and <paramref name="alsoRemove"/>; relays the answer, or the upgraded stream.
+    /// </summary>
+    public static async Task ForwardAsync(HttpContext context, INetworkController network, InboundTarget target, int port, string path, IReadOnlySet<string> alsoRemove)
+    {
         var cancel = context.RequestAborted;
         await using var upstream = await network.ConnectInboundAsync(target, port, cancel).ConfigureAwait(false);
         var upgrade = context.Features.Get<IHttpUpgradeFeature>();
         bool isUpgrade = upgrade is { IsUpgradableRequest: true };
-        await WriteRequestHeadAsync(context, upstream, "/" + (rest ?? ""), isUpgrade, cancel).ConfigureAwait(false);
+        await WriteRequestHeadAsync(context, upstream, path, isUpgrade, alsoRemove, cancel).ConfigureAwait(false);
         if (!isUpgrade)
         {
             await context.Request.Body.CopyToAsync(upstream, cancel).ConfigureAwait(false);
@@ -196,7 +224,7 @@ internal static class InboundProxy
             $"port {port} of sandbox {id} is private: send its access token in {NetworkEndpoints.TokenHeader} (or ?{NetworkEndpoints.TokenQuery}=), or an API key of its tenant");
     }
 
-    private static async Task WriteRequestHeadAsync(HttpContext context, Stream upstream, string path, bool isUpgrade, CancellationToken cancellationToken)
+    private static async Task WriteRequestHeadAsync(HttpContext context, Stream upstream, string path, bool isUpgrade, IReadOnlySet<string> alsoRemove, CancellationToken cancellationToken)
     {
         var request = context.Request;
         var query = QueryString.Create(request.Query.Where(q => q.Key != NetworkEndpoints.TokenQuery).Select(q => new KeyValuePair<string, StringValues>(q.Key, q.Value)));
@@ -205,7 +233,7 @@ internal static class InboundProxy
         head.Append("Host: ").Append(request.Host.Value).Append("\r\n");
         foreach (var (name, values) in request.Headers)
         {
-            if (HopByHop.Contains(name) || name.Equals("Content-Length", StringComparison.OrdinalIgnoreCase))
+            if (HopByHop.Contains(name) || alsoRemove.Contains(name) || name.Equals("Content-Length", StringComparison.OrdinalIgnoreCase))
                 continue;
             foreach (var value in values)
                 head.Append(name).Append(": ").Append(value).Append("\r\n");

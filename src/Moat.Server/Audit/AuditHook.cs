@@ -63,6 +63,30 @@ public sealed class AuditHook(AuditLog log) : ISandboxHook
             w.WriteString("user", user);
         }));
 
+    /// <inheritdoc />
+    public void OnEgress(SandboxRecord record, Moat.Core.Networking.EgressEvent attempt) =>
+        log.Append(AuditKinds.Network, attempt.Protocol == "dns" ? "network.dns" : "network.connect", record.TenantId, null, record.Id, attempt.Verdict, Json(w =>
+        {
+            w.WriteString("protocol", attempt.Protocol);
+            if (attempt.Name is not null)
+                w.WriteString("name", attempt.Name);
+            if (attempt.Address is not null)
+                w.WriteString("address", attempt.Address);
+            if (attempt.RequestedAddress is not null)
+                w.WriteString("requestedAddress", attempt.RequestedAddress);
+            w.WriteNumber("port", attempt.Port);
+            w.WriteString("verdict", attempt.Verdict);
+            if (attempt.Reason is not null)
+                w.WriteString("reason", attempt.Reason);
+            w.WriteNumber("bytesOut", attempt.BytesOut);
+            w.WriteNumber("bytesIn", attempt.BytesIn);
+            w.WriteNumber("durationMs", Math.Round(attempt.DurationMs, 1));
+            if (attempt.End is not null)
+                w.WriteString("end", attempt.End);
+            w.WriteString("started", attempt.Time.ToString("O", CultureInfo.InvariantCulture));
+            w.WriteNumber("logSeq", attempt.Seq);
+        }));
+
     internal static string Json(Action<Utf8JsonWriter> body)
     {
         using var buffer = new MemoryStream();
@@ -87,7 +111,9 @@ public static class AuditKinds
     public const string File = "file";
     /// <summary>A sandbox created or ended.</summary>
     public const string Lifecycle = "lifecycle";
+    /// <summary>A connection attempt or DNS question of a sandbox (allowed or denied).</summary>
+    public const string Network = "network";
 
     /// <summary>Whether a kind is known.</summary>
-    public static bool IsKnown(string kind) => kind is Api or Command or File or Lifecycle;
+    public static bool IsKnown(string kind) => kind is Api or Command or File or Lifecycle or Network;
 }

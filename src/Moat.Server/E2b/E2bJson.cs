@@ -43,6 +43,7 @@ namespace Moat.Server.E2b;
 [JsonSerializable(typeof(GetWatcherEventsResponse))]
 [JsonSerializable(typeof(List<UploadedEntry>))]
 [JsonSerializable(typeof(EnvdError))]
+[JsonSerializable(typeof(EnvdMetrics))]
 [JsonSerializable(typeof(Dictionary<string, string>))]
 [JsonSerializable(typeof(string))]
 // code interpreter

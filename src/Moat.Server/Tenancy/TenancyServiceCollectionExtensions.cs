@@ -9,6 +9,7 @@ using Moat.Server.Api;
 using Moat.Server.Audit;
 using Moat.Server.Auth;
 using Moat.Server.Metrics;
+using Moat.Server.Observability;
 using Moat.Storage.Sqlite;
 
 namespace Moat.Server.Tenancy;
@@ -30,6 +31,12 @@ public static class TenancyServiceCollectionExtensions
         services.AddSingleton<AuditHook>();
         services.AddSingleton<MoatMetrics>();
         services.AddSingleton<UsageMeter>();
+        services.AddOptions<CommandHistoryOptions>().Bind(configuration.GetSection("Moat:Logs"));
+        services.AddSingleton<SandboxMetricsSampler>();
+        services.AddSingleton<CommandHistory>();
+        services.AddSingleton<ISandboxHook>(sp => sp.GetRequiredService<SandboxMetricsSampler>());
+        services.AddSingleton<ISandboxHook>(sp => sp.GetRequiredService<CommandHistory>());
+        services.AddHostedService(sp => sp.GetRequiredService<SandboxMetricsSampler>());
         services.AddSingleton<ISandboxHook>(sp => sp.GetRequiredService<QuotaEnforcer>());
         services.AddSingleton<ISandboxHook>(sp => sp.GetRequiredService<AuditHook>());
         services.AddSingleton<ISandboxHook>(sp => sp.GetRequiredService<MoatMetrics>());
@@ -67,5 +74,6 @@ public static class TenancyServiceCollectionExtensions
         AuditEndpoints.Map(app);
         UsageEndpoints.Map(app);
         MetricsEndpoints.Map(app);
+        ObservabilityEndpoints.Map(app);
     }
 }

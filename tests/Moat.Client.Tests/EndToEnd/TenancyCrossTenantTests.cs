@@ -137,6 +137,19 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
             _output.WriteLine($"{route}: {status} {code}");
         }
 
+        // The inbound proxy's host form is a channel outside the route table: {port}-{id}.{domain}.
+        var host = $"8000-{aSandbox.Id}.{ServerFixture.InboundDomain}";
+        using (var request = new HttpRequestMessage(HttpMethod.Get, "/anything"))
+        {
+            request.Headers.Host = host;
+            using var response = await bHttp.SendAsync(request, Timeout);
+            if ((int)response.StatusCode != 404)
+                failures.Add($"host {host}: answered {(int)response.StatusCode} to tenant B's key; expected 404");
+        }
+        var hostWs = await WebSocketStatusAsync("/ws", bKey, host);
+        if (hostWs != 404)
+            failures.Add($"host {host} (WebSocket): handshake answered {hostWs}; expected 404");
+
         // A's things are all still there and unchanged.
         var info = await aSandbox.GetInfoAsync(Timeout);
         Assert.Equal("running", info.State);
@@ -222,15 +235,19 @@ public sealed class TenancyCrossTenantTests(ServerFixture server, ITestOutputHel
         return ((int)response.StatusCode, code, body);
     }
 
-    private async Task<int> WebSocketStatusAsync(string pathAndQuery, string key)
+    /// <summary>The WebSocket handshake's status; with <paramref name="host"/>, that host name is dialled at the server's loopback address.</summary>
+    private async Task<int> WebSocketStatusAsync(string pathAndQuery, string key, string? host = null)
     {
         using var ws = new ClientWebSocket();
         ws.Options.CollectHttpResponseDetails = true;
         ws.Options.SetRequestHeader("Authorization", "Bearer " + key);
-        var uri = new UriBuilder(new Uri(Server.Url, pathAndQuery.TrimStart('/'))) { Scheme = "ws" }.Uri;
+        var uri = new UriBuilder(new Uri(Server.Url, pathAndQuery.TrimStart('/'))) { Scheme = "ws" };
+        if (host is not null)
+            uri.Host = host;
+        using var invoker = new HttpMessageInvoker(LoopbackPorts.DialServer(Server.Url));
         try
         {
-            await ws.ConnectAsync(uri, Timeout);
+            await ws.ConnectAsync(uri.Uri, invoker, Timeout);
             await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "", Timeout);
             return 101;
         }

@@ -13,4 +13,26 @@ public static class LoopbackPorts
         listener.Start();
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
+
+    /// <summary>
+    /// A handler that dials <paramref name="server"/>'s address whatever host a request names, so that
+    /// host-routed names (<c>{port}-{id}.{domain}</c>) reach the server on loopback with their own Host.
+    /// </summary>
+    public static SocketsHttpHandler DialServer(Uri server) => new()
+    {
+        ConnectCallback = async (_, cancellationToken) =>
+        {
+            var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            try
+            {
+                await socket.ConnectAsync(IPAddress.Parse(server.Host), server.Port, cancellationToken);
+                return new NetworkStream(socket, ownsSocket: true);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+        },
+    };
 }

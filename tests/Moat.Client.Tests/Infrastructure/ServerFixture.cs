@@ -44,6 +44,9 @@ public sealed class ServerFixture : IAsyncLifetime
     /// <summary>The server's URL.</summary>
     public Uri Url { get; private set; } = null!;
 
+    /// <summary>The domain of sandbox ports' host form (<c>{port}-{id}.{InboundDomain}</c>).</summary>
+    public const string InboundDomain = "sandboxes.test";
+
     /// <summary>Server log lines (warnings and errors), for failure messages.</summary>
     public ConcurrentQueue<string> Log { get; } = new();
 
@@ -81,6 +84,8 @@ public sealed class ServerFixture : IAsyncLifetime
             "--Moat:Server:DestroySandboxesOnShutdown=true",
             // The template tests pull from a registry on loopback.
             "--Moat:Templates:AllowPrivateRegistries=true",
+            // Sandbox ports' host form, {port}-{id}.{InboundDomain}: the tests dial it at the loopback address.
+            $"--Moat:Network:Inbound:Domain={InboundDomain}",
         ], builder =>
         {
             builder.Logging.ClearProviders();

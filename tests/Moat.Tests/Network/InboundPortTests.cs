@@ -9,7 +9,7 @@ namespace Moat.Tests.Network;
 /// <summary>Ports inside a sandbox, reached only through Moat's authenticated reverse proxy (/v1/sandboxes/{id}/ports/{port}/...).</summary>
 public sealed class InboundPortTests(NetworkFixture fixture) : NetworkTestBase(fixture)
 {
-    private const string Server = """
+    internal const string Server = """
         import http.server, socketserver, sys, hashlib, base64
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):

@@ -35,6 +35,9 @@ public class NetworkFixture : IAsyncLifetime
     /// <summary>The server's URL.</summary>
     public Uri Url { get; private set; } = null!;
 
+    /// <summary>The domain of sandbox ports' host form, <c>{port}-{id}.{InboundDomain}</c> (dialled at <see cref="Url"/>'s address).</summary>
+    public const string InboundDomain = "sandboxes.test";
+
     public IServiceProvider Services => _app!.Services;
 
     public SandboxManager Manager => Services.GetRequiredService<SandboxManager>();
@@ -75,6 +78,7 @@ public class NetworkFixture : IAsyncLifetime
             $"--Moat:Network:UplinkNamespace={World.WorldNamespace}",
             $"--Moat:Network:Resolvers:0={TestWorld.Dns}",
             $"--Moat:Network:GatewayNamespace={World.Prefix}-gw",
+            $"--Moat:Network:Inbound:Domain={InboundDomain}",
             .. ExtraArguments,
         ], builder =>
         {

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -24,7 +23,6 @@ namespace Moat.Server.E2b.ControlPlane;
 internal static class E2bSandboxEndpoints
 {
     private const int MaxPage = 100;
-    private static readonly ConcurrentDictionary<string, (TimeSpan Cpu, long At)> CpuSamples = new();
 
     public static void Map(IEndpointRouteBuilder app, string prefix)
     {
@@ -230,7 +228,7 @@ internal static class E2bSandboxEndpoints
         var caller = context.Writer();
         await VisibleAsync(manager, id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
         await manager.DeleteAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
-        CpuSamples.TryRemove(id, out _);
+        E2bMetrics.Forget(id);
         return Results.NoContent();
     }
 
@@ -327,33 +325,18 @@ internal static class E2bSandboxEndpoints
     {
         var caller = context.Caller();
         var record = await VisibleAsync(manager, id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
-        if (record.State != SandboxState.Running)
+        if (await E2bMetrics.ReadAsync(manager, record, context.RequestAborted).ConfigureAwait(false) is not { } now)
             return Results.Json(new List<SandboxMetric>(), E2bJson.Default.ListSandboxMetric);
-        var usage = await manager.GetUsageAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
-        if (usage is null)
-            return Results.Json(new List<SandboxMetric>(), E2bJson.Default.ListSandboxMetric);
-        var now = DateTimeOffset.UtcNow;
-        long nowTicks = Environment.TickCount64;
-        double cpus = Math.Max(0.01, record.Spec.Resources.Cpus);
-        double pct;
-        if (CpuSamples.TryGetValue(id, out var last) && nowTicks > last.At)
-            pct = (usage.CpuTime - last.Cpu).TotalMilliseconds / (nowTicks - last.At) / cpus * 100;
-        else
-        {
-            var since = now - (record.StartedAt ?? record.CreatedAt);
-            pct = since > TimeSpan.Zero ? usage.CpuTime / since / cpus * 100 : 0;
-        }
-        CpuSamples[id] = (usage.CpuTime, nowTicks);
         var metric = new SandboxMetric
         {
-            Timestamp = now,
-            TimestampUnix = now.ToUnixTimeSeconds(),
-            CpuCount = Math.Max(1, (int)Math.Ceiling(record.Spec.Resources.Cpus)),
-            CpuUsedPct = Math.Round(Math.Clamp(pct, 0, 100 * Math.Ceiling(cpus)), 2),
-            MemUsed = usage.MemoryBytes,
-            MemTotal = usage.MemoryLimitBytes,
-            DiskUsed = usage.DiskUsedBytes,
-            DiskTotal = usage.DiskLimitBytes,
+            Timestamp = now.At,
+            TimestampUnix = now.At.ToUnixTimeSeconds(),
+            CpuCount = now.CpuCount,
+            CpuUsedPct = now.CpuUsedPct,
+            MemUsed = now.MemUsed,
+            MemTotal = now.MemTotal,
+            DiskUsed = now.DiskUsed,
+            DiskTotal = now.DiskTotal,
         };
         return Results.Json(new List<SandboxMetric> { metric }, E2bJson.Default.ListSandboxMetric);
     }

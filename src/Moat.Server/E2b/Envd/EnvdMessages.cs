@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 
 namespace Moat.Server.E2b.Envd;
 
@@ -242,3 +243,27 @@ internal sealed class UploadedEntry
 
 /// <summary>Errors of envd's REST routes and of the code interpreter: the HTTP status and a message.</summary>
 internal sealed record EnvdError(int Code, string Message);
+
+/// <summary>envd's <c>GET /metrics</c> body (snake_case, as envd's REST API names it).</summary>
+internal sealed class EnvdMetrics
+{
+    /// <summary>Unix time of the reading, seconds.</summary>
+    [JsonPropertyName("ts")]
+    public long Ts { get; set; }
+    [JsonPropertyName("cpu_count")]
+    public int CpuCount { get; set; }
+    [JsonPropertyName("cpu_used_pct")]
+    public double CpuUsedPct { get; set; }
+    [JsonPropertyName("mem_total")]
+    public long MemTotal { get; set; }
+    [JsonPropertyName("mem_used")]
+    public long MemUsed { get; set; }
+    [JsonPropertyName("mem_total_mib")]
+    public long MemTotalMib { get; set; }
+    [JsonPropertyName("mem_used_mib")]
+    public long MemUsedMib { get; set; }
+    [JsonPropertyName("disk_used")]
+    public long DiskUsed { get; set; }
+    [JsonPropertyName("disk_total")]
+    public long DiskTotal { get; set; }
+}

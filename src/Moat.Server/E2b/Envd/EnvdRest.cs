@@ -32,6 +32,9 @@ internal sealed class EnvdRest(SandboxManager manager)
                 case ("POST", "/files"):
                     await UploadAsync(context, target).ConfigureAwait(false);
                     return;
+                case ("GET", "/metrics"):
+                    await MetricsAsync(context, target).ConfigureAwait(false);
+                    return;
                 case ("GET", "/envs"):
                     await WriteJsonAsync(context, StatusCodes.Status200OK, new Dictionary<string, string>(target.Sandbox.Spec.Env), E2bJson.Default.DictionaryStringString).ConfigureAwait(false);
                     return;
@@ -65,6 +68,27 @@ internal sealed class EnvdRest(SandboxManager manager)
         "sandbox_not_running" or "sandbox_unavailable" => StatusCodes.Status502BadGateway,
         _ => ErrorWriter.StatusOf(ex.Kind),
     };
+
+    /// <summary>The sandbox's resource use now, from the runtime's readings (envd's <c>Metrics</c>).</summary>
+    private async Task MetricsAsync(HttpContext context, SandboxTarget target)
+    {
+        var record = await manager.GetAsync(target.Sandbox.Id, target.Sandbox.TenantId, context.RequestAborted).ConfigureAwait(false);
+        var reading = await E2bMetrics.ReadAsync(manager, record, context.RequestAborted).ConfigureAwait(false)
+            ?? throw new MoatException(ErrorKind.Unavailable, "sandbox_unavailable", $"sandbox {record.Id} has no resource readings now");
+        var body = new EnvdMetrics
+        {
+            Ts = reading.At.ToUnixTimeSeconds(),
+            CpuCount = reading.CpuCount,
+            CpuUsedPct = reading.CpuUsedPct,
+            MemTotal = reading.MemTotal,
+            MemUsed = reading.MemUsed,
+            MemTotalMib = reading.MemTotal >> 20,
+            MemUsedMib = reading.MemUsed >> 20,
+            DiskUsed = reading.DiskUsed,
+            DiskTotal = reading.DiskTotal,
+        };
+        await WriteJsonAsync(context, StatusCodes.Status200OK, body, E2bJson.Default.EnvdMetrics).ConfigureAwait(false);
+    }
 
     private async Task DownloadAsync(HttpContext context, SandboxTarget target)
     {

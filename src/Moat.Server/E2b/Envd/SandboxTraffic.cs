@@ -2,8 +2,12 @@ using System.Text;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Options;
 using Moat.Core.Errors;
+using Moat.Core.Networking;
 using Moat.Core.Sandboxes;
+using Moat.Networking.Inbound;
+using Moat.Server.Api;
 using Moat.Server.Auth;
+using Moat.Server.Errors;
 using Moat.Server.E2b.Connect;
 using Moat.Server.E2b.Interpreter;
 
@@ -16,11 +20,14 @@ namespace Moat.Server.E2b.Envd;
 /// envd (process and filesystem RPCs, files, health) and 49999 the code interpreter; Moat answers
 /// both itself through the sandbox's agent, no daemon listens inside. A request must carry the
 /// sandbox's access token (<c>X-Access-Token</c> or <c>E2B-Traffic-Access-Token</c>), a signed
-/// file URL, or an API key of the sandbox's tenant.
+/// file URL, or an API key of the sandbox's tenant. Every other port is the sandbox's own: Moat's
+/// inbound proxy forwards the request (HTTP or WebSocket) to the server listening there, admitting
+/// the same credentials, Moat's port token, or anyone for a port made public.
 /// </summary>
 internal sealed class SandboxTraffic(
     SandboxManager manager,
     E2bAccessTokens tokens,
+    InboundAccess inbound,
     IOptions<E2bOptions> options,
     ProcessService process,
     FilesystemService filesystem,
@@ -31,12 +38,23 @@ internal sealed class SandboxTraffic(
     /// <summary>envd's port.</summary>
     public const int EnvdPort = 49983;
 
+    /// <summary>E2B's credentials and routing headers: they address Moat and never enter the sandbox.</summary>
+    private static readonly HashSet<string> E2bHeaders = new(StringComparer.OrdinalIgnoreCase)
+    {
+        "X-Access-Token", "E2B-Traffic-Access-Token", "E2b-Sandbox-Id", "E2b-Sandbox-Port",
+    };
+
     /// <summary>Handles the request if it is addressed to a sandbox; otherwise passes it on.</summary>
     public async Task InvokeAsync(HttpContext context, Func<Task> next)
     {
         if (!TryAddress(context, out var sandboxId, out int port, out var path))
         {
             await next().ConfigureAwait(false);
+            return;
+        }
+        if (port is not (EnvdPort or InterpreterPort.Port))
+        {
+            await ForwardPortAsync(context, sandboxId, port, path).ConfigureAwait(false);
             return;
         }
         bool rpc = port == EnvdPort && (path.StartsWith("/" + ProcessService.Service + "/", StringComparison.Ordinal) || path.StartsWith("/" + FilesystemService.Service + "/", StringComparison.Ordinal));
@@ -77,12 +95,56 @@ internal sealed class SandboxTraffic(
             case InterpreterPort.Port:
                 await interpreter.HandleAsync(context, target, path).ConfigureAwait(false);
                 break;
-            default:
-                // Other ports go to the sandbox's own servers through Moat's inbound proxy, which this server does not have yet.
-                await EnvdRest.WriteErrorAsync(context, StatusCodes.Status502BadGateway,
-                    $"port {port} of sandbox {record.Id} is not reachable: this Moat server has no inbound port proxy yet (only envd, 49983, and the code interpreter, 49999, are served)").ConfigureAwait(false);
-                break;
         }
+    }
+
+    /// <summary>A port of the sandbox's own: admitted, then relayed by the inbound proxy.</summary>
+    private async Task ForwardPortAsync(HttpContext context, string sandboxId, int port, string path)
+    {
+        try
+        {
+            var target = await AdmitPortAsync(context, sandboxId, port).ConfigureAwait(false);
+            if (target is null)
+            {
+                await EnvdRest.WriteErrorAsync(context, StatusCodes.Status401Unauthorized,
+                    $"port {port} of sandbox {sandboxId} is private: send the sandbox's access token (X-Access-Token or E2B-Traffic-Access-Token: envdAccessToken / trafficAccessToken from the create response), its port token ({NetworkEndpoints.TokenHeader}), or an API key of its tenant").ConfigureAwait(false);
+                return;
+            }
+            await InboundProxy.ForwardAsync(context, InboundProxy.NetworkOf(manager), target, port, path, E2bHeaders).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+        }
+        catch (MoatException ex) when (!context.Response.HasStarted)
+        {
+            await EnvdRest.WriteErrorAsync(context, ErrorWriter.StatusOf(ex.Kind), ex.Message).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Who may reach an ordinary port: E2B's access token of the sandbox (or Moat's port token in
+    /// its place), an API key of the sandbox's tenant (another tenant's sandbox is not found), Moat's
+    /// port token, or anyone when the port is public. Null: none of them.
+    /// </summary>
+    private async Task<InboundTarget?> AdmitPortAsync(HttpContext context, string sandboxId, int port)
+    {
+        var headers = context.Request.Headers;
+        var token = headers["X-Access-Token"].ToString();
+        if (string.IsNullOrEmpty(token))
+            token = headers["E2B-Traffic-Access-Token"].ToString();
+        token = token.Trim();
+        if (token.Length > 0)
+        {
+            if (await manager.FindByAccessTokenAsync(sandboxId, token, context.RequestAborted).ConfigureAwait(false) is { } record)
+                return manager.InboundTargetOf(record.Id, null).Target;
+            return inbound.Verify(sandboxId, token) ? manager.InboundTargetOf(sandboxId, null).Target : null;
+        }
+        if (context.Items[typeof(Caller)] is Caller caller)
+            return manager.InboundTargetOf(sandboxId, caller.TenantId).Target;
+        var moatToken = headers[NetworkEndpoints.TokenHeader].FirstOrDefault() ?? context.Request.Query[NetworkEndpoints.TokenQuery].FirstOrDefault();
+        if (inbound.Verify(sandboxId, moatToken) || inbound.IsPublic(sandboxId, port))
+            return manager.InboundTargetOf(sandboxId, null).Target;
+        return null;
     }
 
     /// <summary>Which sandbox and port the request is for: by header (sandboxUrl) or by host name (domain).</summary>
@@ -105,15 +167,11 @@ internal sealed class SandboxTraffic(
         // {port}-{sandboxId}.{domain}
         var host = request.Host.Host;
         int dot = host.IndexOf('.');
-        if (dot <= 0)
+        if (dot <= 0 || !InboundHosts.TryParseLabel(host[..dot], out int hostPort, out var hostId))
             return false;
-        var label = host[..dot];
-        int dash = label.IndexOf('-');
-        if (dash <= 0 || !int.TryParse(label[..dash], out int hostPort) || hostPort is <= 0 or >= 65536 || !SandboxManager.ValidId(label[(dash + 1)..]))
+        if (options.Value.Domain is { Length: > 0 } domain && !string.Equals(host[(dot + 1)..].TrimEnd('.'), domain.Split(':')[0].TrimEnd('.'), StringComparison.OrdinalIgnoreCase))
             return false;
-        if (options.Value.Domain is { Length: > 0 } domain && !string.Equals(host[(dot + 1)..], domain.Split(':')[0], StringComparison.OrdinalIgnoreCase))
-            return false;
-        sandboxId = label[(dash + 1)..];
+        sandboxId = hostId;
         port = hostPort;
         return true;
     }
