@@ -27,6 +27,7 @@ public sealed partial class RunscRuntime : ISandboxRuntime
     public async Task CheckpointAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(imageDirectory);
+        File.Delete(instance.AgentSocket + ".parked"); // a previous checkpoint's, should the agent not have removed it
         await SignalAgentAsync(instance, "USR1", cancellationToken).ConfigureAwait(false);
         try
         {
@@ -56,16 +57,70 @@ public sealed partial class RunscRuntime : ISandboxRuntime
             {
                 await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "resume", instance.ContainerId], new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(30) }, CancellationToken.None).ConfigureAwait(false);
             }
-            var result = await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "checkpoint", "--image-path", imageDirectory, "--leave-running", instance.ContainerId],
-                new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(300) }, cancellationToken).ConfigureAwait(false);
-            if (result.ExitCode != 0)
-                throw new MoatException(ErrorKind.Internal, "checkpoint_failed", $"gVisor could not checkpoint sandbox {instance.ContainerId}: {FirstLine(result.Stderr)}");
+            await CheckpointLeavingRunningAsync(instance, imageDirectory, cancellationToken).ConfigureAwait(false);
             LogCheckpointed(logger, instance.ContainerId, clock.Elapsed.TotalMilliseconds);
         }
         finally
         {
             await SignalAgentAsync(instance, "USR2", CancellationToken.None).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// This release's <c>checkpoint --leave-running</c> saves the image, destroys the sandbox,
+    /// restores a new one with the same id from the image and then stays in the foreground waiting
+    /// for it to exit. So it is started in the background, done once the container runs again under a
+    /// new sandbox process, and left to wait (it exits when the sandbox is deleted).
+    /// </summary>
+    private async Task CheckpointLeavingRunningAsync(RuntimeInstance instance, string imageDirectory, CancellationToken cancellationToken)
+    {
+        int? before = await SandboxPidAsync(instance, cancellationToken).ConfigureAwait(false);
+        var start = new System.Diagnostics.ProcessStartInfo(_options.Binary)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var arg in (IEnumerable<string>)[.. FlagsFor(instance), "checkpoint", "--image-path", imageDirectory, "--leave-running", instance.ContainerId])
+            start.ArgumentList.Add(arg);
+        var cli = System.Diagnostics.Process.Start(start) ?? throw new MoatException(ErrorKind.Internal, "checkpoint_failed", "cannot start runsc checkpoint");
+        var stderr = new System.Text.StringBuilder();
+        cli.ErrorDataReceived += (_, e) => { if (e.Data is { } line) lock (stderr) stderr.AppendLine(line); };
+        cli.OutputDataReceived += (_, _) => { };
+        cli.BeginErrorReadLine();
+        cli.BeginOutputReadLine();
+        cli.StandardInput.Close();
+        // The CLI waits on the restored container for its whole life: reap it when it ends.
+        _ = cli.WaitForExitAsync(CancellationToken.None).ContinueWith(_ => cli.Dispose(), TaskScheduler.Default);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(300);
+        while (true)
+        {
+            if (cli.HasExited)
+            {
+                string error;
+                lock (stderr)
+                    error = stderr.ToString();
+                if (cli.ExitCode != 0)
+                    throw new MoatException(ErrorKind.Internal, "checkpoint_failed", $"gVisor could not checkpoint sandbox {instance.ContainerId}: {FirstLine(error)}");
+            }
+            var now = await SandboxPidAsync(instance, cancellationToken).ConfigureAwait(false);
+            if (now is { } pid && pid != before && File.Exists(Path.Combine(imageDirectory, "checkpoint.img")))
+                return;
+            if (DateTime.UtcNow > deadline)
+                throw new MoatException(ErrorKind.Timeout, "checkpoint_timeout", $"gVisor did not bring sandbox {instance.ContainerId} back after its checkpoint within 300 s");
+            await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The host pid of the running sandbox per <c>runsc state</c>, null while it is not running.</summary>
+    private async Task<int?> SandboxPidAsync(RuntimeInstance instance, CancellationToken cancellationToken)
+    {
+        var result = await Runner.RunAsync(_options.Binary, [.. FlagsFor(instance), "state", instance.ContainerId], new HostCommandOptions { Check = false, Timeout = TimeSpan.FromSeconds(20) }, cancellationToken).ConfigureAwait(false);
+        if (result.ExitCode != 0)
+            return null;
+        using var state = System.Text.Json.JsonDocument.Parse(result.Stdout);
+        return state.RootElement.GetProperty("status").GetString() == "running" && state.RootElement.TryGetProperty("pid", out var pid) ? pid.GetInt32() : null;
     }
 
     private async Task CaptureFilesAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken)
