@@ -11,9 +11,9 @@ namespace Moat.Runtimes.Runsc;
 /// state (processes, memory, open files) to an image directory, <c>runsc restore</c> starts a new
 /// sandbox from it. gVisor cannot save a socket bound on the host, and the agent's channel is one
 /// (<c>--host-uds=create</c>), so the agent is asked to park it first (SIGUSR1: it closes its
-/// sessions, its listener and unlinks the socket) and to listen again afterwards (SIGUSR2) — in the
-/// source sandbox, which runs on, and in every sandbox restored from the image, whose channel
-/// directory is its own.
+/// sessions and its listener and writes a marker file beside the socket) and to listen again afterwards (SIGUSR2) — in the
+/// source sandbox, which runs on (restored in place by runsc from the same image), and in every
+/// sandbox restored from the image, whose channel directory is its own.
 /// </summary>
 public sealed partial class RunscRuntime : ISandboxRuntime
 {
