@@ -137,4 +137,199 @@ public static class MicrovmScenarios
             ["ratioToContainerP50"] = Math.Round(vm.P50 / container.P50, 2),
         };
     }
+
+    /// <summary>
+    /// N idle microVM sandboxes: host memory per sandbox three ways — MemAvailable before and after
+    /// (everything, the kernel's share included), QEMU's PSS, and that PSS split into the guest's RAM
+    /// QEMU has touched (the memfd backend: Pss_Shmem) and QEMU's own (the rest: TCG's translation
+    /// cache, heap, its libraries' share). Every sandbox must still answer at the end.
+    /// </summary>
+    public static async Task<JsonObject> DensityAsync(Bench bench, int n)
+    {
+        const int guestMiB = 128;
+        GC.Collect();
+        await Task.Delay(2000);
+        long before = Bench.MemAvailableBytes();
+        var sandboxes = new List<SandboxRecord>();
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            await Parallel.ForEachAsync(Enumerable.Range(0, n), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (_, ct) =>
+            {
+                var sandbox = await bench.Manager.CreateAsync(bench.Spec(memoryMiB: guestMiB, diskMiB: 64), Bench.Tenant, ct);
+                lock (sandboxes)
+                    sandboxes.Add(sandbox);
+                Console.WriteLine($"{sandboxes.Count} microVMs, {clock.Elapsed.TotalSeconds:0} s");
+            });
+            double createSeconds = clock.Elapsed.TotalSeconds;
+            await Task.Delay(15000); // let the guests settle into idle
+            long after = Bench.MemAvailableBytes();
+            var pss = new List<double>();
+            var shmem = new List<double>();
+            var own = new List<double>();
+            var rss = new List<double>();
+            foreach (var sandbox in sandboxes)
+            {
+                var record = await bench.Manager.GetAsync(sandbox.Id, Bench.Tenant, CancellationToken.None);
+                if (record.Instance?.Pid is not { } pid)
+                    continue;
+                var rollup = Fields($"/proc/{pid}/smaps_rollup");
+                double p = rollup["Pss"] / 1024.0, sh = rollup.GetValueOrDefault("Pss_Shmem") / 1024.0;
+                pss.Add(p);
+                shmem.Add(sh);
+                own.Add(p - sh);
+                rss.Add(rollup["Rss"] / 1024.0);
+            }
+            int answering = 0;
+            foreach (var sandbox in sandboxes)
+            {
+                var r = await bench.Manager.RunCommandAsync(sandbox.Id, Bench.Tenant, new CommandSpec { Argv = ["true"] }, default, CancellationToken.None);
+                if (r.Exit.ExitCode == 0)
+                    answering++;
+            }
+            double perSandbox = (before - after) / (double)sandboxes.Count / (1 << 20);
+            var (P, S, O, R) = (Stats.Of(pss), Stats.Of(shmem), Stats.Of(own), Stats.Of(rss));
+            Console.WriteLine($"{sandboxes.Count} idle microVMs ({guestMiB} MiB guests) in {createSeconds:0} s; {answering} answer");
+            Console.WriteLine($"host memory per sandbox (MemAvailable): {perSandbox:0.0} MiB; QEMU PSS p50 {P.P50:0.0} MiB = guest RAM touched {S.P50:0.0} + QEMU itself {O.P50:0.0} (RSS p50 {R.P50:0.0})");
+            return new JsonObject
+            {
+                ["sandboxes"] = sandboxes.Count,
+                ["answering"] = answering,
+                ["guestMemoryMiB"] = guestMiB,
+                ["createSeconds"] = Math.Round(createSeconds, 1),
+                ["hostMiBPerSandbox"] = Math.Round(perSandbox, 2),
+                ["qemuPssMiB"] = Summary(P),
+                ["guestTouchedMiB"] = Summary(S),
+                ["qemuOwnMiB"] = Summary(O),
+                ["qemuRssMiB"] = Summary(R),
+                ["samples"] = new JsonObject { ["pss"] = Samples(pss), ["guestTouched"] = Samples(shmem), ["qemuOwn"] = Samples(own) },
+            };
+        }
+        finally
+        {
+            foreach (var sandbox in sandboxes)
+                await bench.Manager.DeleteAsync(sandbox.Id, Bench.Tenant, CancellationToken.None);
+        }
+    }
+
+    /// <summary>
+    /// Like for like: QEMU started by hand with exactly the command line Moat gave a sandbox's QEMU
+    /// (same kernel, initramfs and agent, template disk, a copy of the formatted scratch volume, the
+    /// virtio-serial channel, -sandbox, -runas/-chroot, memfd RAM, TCG cache) but none of Moat's
+    /// work around it (no cgroup, namespaces, launcher, QMP watch, network, database), and the
+    /// agent client connected straight to its socket to run `python3 -c pass` — against Moat's
+    /// create → the same command's result, alternating in one run.
+    /// </summary>
+    public static async Task<JsonObject> BootAsync(Bench bench, int n)
+    {
+        string[] command = ["python3", "-c", "pass"];
+        var template = await bench.Manager.CreateAsync(bench.Spec(), Bench.Tenant, CancellationToken.None);
+        var record = await bench.Manager.GetAsync(template.Id, Bench.Tenant, CancellationToken.None);
+        var instance = record.Instance ?? throw new InvalidOperationException("the sandbox has no instance");
+        var argv = File.ReadAllText($"/proc/{instance.Pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries);
+        var work = Path.Combine(bench.DataDirectory, "rawboot");
+        Directory.CreateDirectory(work);
+        var scratch = (Moat.Storage.Rootfs.ScratchVolumes)bench.Services.GetService(typeof(Moat.Storage.Rootfs.ScratchVolumes))!;
+        await bench.Manager.DeleteAsync(template.Id, Bench.Tenant, CancellationToken.None);
+        var loggers = (Microsoft.Extensions.Logging.ILoggerFactory)bench.Services.GetService(typeof(Microsoft.Extensions.Logging.ILoggerFactory))!;
+
+        var raw = new List<double>();
+        var moat = new List<double>();
+        for (int i = -1; i < n; i++)
+        {
+            var dir = Path.Combine(work, $"run{i + 1}");
+            Directory.CreateDirectory(Path.Combine(dir, "vm", "jail"));
+            var args = argv.Skip(1).Select(a => a.Replace(instance.Directory, dir, StringComparison.Ordinal)).ToList();
+            var clock = Stopwatch.StartNew();
+            // A fresh scratch volume made the way Moat makes one (a copy of a cached formatted image).
+            await scratch.CreateAsync(Path.Combine(dir, "vm", "scratch.img"), bench.Spec().Resources.DiskMiB, CancellationToken.None);
+            var psi = new ProcessStartInfo(argv[0]) { RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (var a in args)
+                psi.ArgumentList.Add(a);
+            using (var qemu = Process.Start(psi)!)
+            {
+                try
+                {
+                    var socket = Path.Combine(dir, "vm", "agent.sock");
+                    // As Moat does: connect once the guest's agent opened its port (QMP's VSERPORT_CHANGE).
+                    await WaitForAgentPortAsync(Path.Combine(dir, "vm", "qmp.sock")).WaitAsync(TimeSpan.FromMinutes(2));
+                    await using var agent = await Moat.Core.Agent.AgentClient.ConnectAsync(socket, new Moat.Core.Agent.AgentClientOptions { HandshakeTimeout = TimeSpan.FromMinutes(2) },
+                        loggers.CreateLogger("rawboot"), null, null, CancellationToken.None);
+                    var request = new Moat.Protocol.Messages.ExecRequest { Cwd = "/", User = "root" };
+                    request.Argv.AddRange(command);
+                    await using var process = await agent.ExecAsync(request, CancellationToken.None);
+                    var exit = await process.Exit;
+                    if (exit.ExitCode != 0)
+                        throw new InvalidOperationException($"raw: python3 -c pass exited {exit.ExitCode}");
+                    if (i >= 0)
+                        raw.Add(clock.Elapsed.TotalMilliseconds);
+                }
+                finally
+                {
+                    qemu.Kill(true);
+                    await qemu.WaitForExitAsync();
+                }
+            }
+            Directory.Delete(dir, true);
+
+            clock.Restart();
+            var sandbox = await bench.Manager.CreateAsync(bench.Spec(), Bench.Tenant, CancellationToken.None);
+            var result = await bench.Manager.RunCommandAsync(sandbox.Id, Bench.Tenant, new CommandSpec { Argv = command }, default, CancellationToken.None);
+            double total = clock.Elapsed.TotalMilliseconds;
+            await bench.Manager.DeleteAsync(sandbox.Id, Bench.Tenant, CancellationToken.None);
+            if (result.Exit.ExitCode != 0)
+                throw new InvalidOperationException("python3 -c pass failed in the microVM");
+            if (i >= 0)
+                moat.Add(total);
+            Console.WriteLine($"round {i + 1}: raw {(i >= 0 ? raw[^1] : 0):0} ms, moat {total:0} ms");
+        }
+        var r = Stats.Of(raw);
+        var m = Stats.Of(moat);
+        Console.WriteLine($"raw QEMU, Moat's own command line, agent client direct → python3 -c pass: {r}");
+        Console.WriteLine($"moat create → python3 -c pass: {m}");
+        Console.WriteLine($"ratio p50: {m.P50 / r.P50:0.00}x");
+        return new JsonObject
+        {
+            ["command"] = string.Join(' ', command),
+            ["rawCommand"] = string.Join(' ', argv),
+            ["raw"] = Summary(r),
+            ["moat"] = Summary(m),
+            ["ratioP50"] = Math.Round(m.P50 / r.P50, 3),
+            ["samples"] = new JsonObject { ["raw"] = Samples(raw), ["moat"] = Samples(moat) },
+        };
+    }
+
+    private static async Task WaitForAgentPortAsync(string qmpSocket)
+    {
+        while (!File.Exists(qmpSocket))
+            await Task.Delay(1);
+        using var qmp = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await qmp.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(qmpSocket));
+        await using var stream = new System.Net.Sockets.NetworkStream(qmp);
+        using var reader = new StreamReader(stream);
+        await reader.ReadLineAsync(); // greeting
+        await stream.WriteAsync("{\"execute\":\"qmp_capabilities\"}\n"u8.ToArray());
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            if (line.Contains("VSERPORT_CHANGE", StringComparison.Ordinal) && line.Contains("\"open\": true", StringComparison.Ordinal))
+                return;
+        }
+        throw new InvalidOperationException("QEMU closed QMP before the agent's port opened");
+    }
+
+    /// <summary>The "Key: N kB" lines of a /proc file, in KiB.</summary>
+    private static Dictionary<string, long> Fields(string file)
+    {
+        var fields = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var line in File.ReadLines(file))
+        {
+            int colon = line.IndexOf(':');
+            if (colon <= 0)
+                continue;
+            var value = line[(colon + 1)..].Trim().Split(' ')[0];
+            if (long.TryParse(value, out long kib))
+                fields[line[..colon].Trim()] = kib;
+        }
+        return fields;
+    }
 }

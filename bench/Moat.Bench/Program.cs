@@ -11,7 +11,7 @@ namespace Moat.Bench;
 
 /// <summary>
 /// moat-bench SCENARIO [--tier container|gvisor|microvm] [--n N] [--out DIR]
-/// Scenarios: create, exec, oneshot, cli, density, templates. Each measures Moat and the raw runtime doing
+/// Scenarios: create, exec, oneshot, cli, density, templates; boot (microvm only). Each measures Moat and the raw runtime doing
 /// the same thing in the same run, and writes DIR/SCENARIO-TIER.json with the samples.
 /// </summary>
 public static class Program
@@ -39,6 +39,8 @@ public static class Program
         {
             "create" when tier == IsolationTier.Microvm => await MicrovmScenarios.CreateAsync(bench, n),
             "exec" when tier == IsolationTier.Microvm => await MicrovmScenarios.ExecAsync(bench, n),
+            "boot" when tier == IsolationTier.Microvm => await MicrovmScenarios.BootAsync(bench, n),
+            "density" when tier == IsolationTier.Microvm => await MicrovmScenarios.DensityAsync(bench, n),
             "create" => await Scenarios.CreateAsync(bench, n),
             "exec" => await Scenarios.ExecAsync(bench, n),
             "oneshot" => await Scenarios.OneShotAsync(bench, n),

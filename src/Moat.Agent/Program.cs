@@ -19,7 +19,7 @@ namespace Moat.Agent;
 internal static unsafe class Program
 {
     private const string Usage = "usage: moat-agent --listen unix:PATH|virtio:NAME [--init-mounts] [--setup-accounts|--no-setup-accounts] [--exit-on-stdin-eof] [--verbose]\n"
-        + "       moat-agent --vm --listen virtio:NAME [--hostname NAME] [--memory-mib N] [--pids N] [--nofile N]   (init of a microVM's initramfs)";
+        + "       moat-agent --vm --listen virtio:NAME [--hostname NAME] [--memory-mib N] [--pids N] [--nofile N] [--net ADDR/PREFIX,GATEWAY,DNS,MTU]   (init of a microVM's initramfs)";
 
     private static int Main(string[] args)
     {
@@ -58,6 +58,10 @@ internal static unsafe class Program
                     break;
                 case "--nofile" when i + 1 < args.Length && ulong.TryParse(args[i + 1], out ulong nofile) && nofile > 0:
                     vmSettings = vmSettings with { OpenFiles = nofile };
+                    i++;
+                    break;
+                case "--net" when i + 1 < args.Length && GuestNetworkSettings.Parse(args[i + 1]) is { } net:
+                    vmSettings = vmSettings with { Network = net };
                     i++;
                     break;
                 case "--listen" when i + 1 < args.Length:

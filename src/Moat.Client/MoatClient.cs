@@ -147,11 +147,21 @@ public sealed partial class MoatClient : IDisposable
     /// <param name="cancellationToken">Cancels the request.</param>
     /// <returns>The sandbox with its new expiry.</returns>
     /// <exception cref="MoatConflictException">The sandbox is no longer running.</exception>
-    public Task<SandboxDto> SetSandboxTimeoutAsync(string sandboxId, TimeSpan timeout, CancellationToken cancellationToken = default)
+    public Task<SandboxDto> SetSandboxTimeoutAsync(string sandboxId, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        SetSandboxTimeoutAsync(sandboxId, timeout, onTimeout: null, cancellationToken);
+
+    /// <summary>Sets a sandbox's lifetime and what happens when it ends; on a paused sandbox the lifetime counts from its resume.</summary>
+    /// <param name="sandboxId">The sandbox's id.</param>
+    /// <param name="timeout">The new lifetime from now (rounded up to whole seconds).</param>
+    /// <param name="onTimeout">"kill" or "pause", or null to keep the current choice.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The sandbox with its new expiry.</returns>
+    /// <exception cref="MoatConflictException">The sandbox is no longer running or paused.</exception>
+    public Task<SandboxDto> SetSandboxTimeoutAsync(string sandboxId, TimeSpan timeout, string? onTimeout, CancellationToken cancellationToken = default)
     {
         if (timeout < TimeSpan.FromSeconds(1))
             throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "the sandbox timeout must be at least one second");
-        var body = MoatTransport.Json(new SetTimeoutRequest { TimeoutSeconds = (long)Math.Ceiling(timeout.TotalSeconds) }, MoatJson.Default.SetTimeoutRequest);
+        var body = MoatTransport.Json(new SetTimeoutRequest { TimeoutSeconds = (long)Math.Ceiling(timeout.TotalSeconds), OnTimeout = onTimeout }, MoatJson.Default.SetTimeoutRequest);
         return _transport.SendAsync(HttpMethod.Post, $"v1/sandboxes/{QueryString.Segment(sandboxId)}/timeout", body, MoatJson.Default.SandboxDto, bounded: true, cancellationToken);
     }
 

@@ -29,6 +29,9 @@ public sealed class SandboxCreateOptions
     /// <summary>Lifetime from now; the server ends the sandbox when it runs out (whole seconds; extend with <see cref="Sandbox.SetTimeoutAsync"/>).</summary>
     public TimeSpan? Timeout { get; set; }
 
+    /// <summary>"kill" (the server's default) or "pause": what happens when <see cref="Timeout"/> runs out.</summary>
+    public string? OnTimeout { get; set; }
+
     /// <summary>Network policy (default: none, loopback only).</summary>
     public NetworkDto? Network { get; set; }
 
@@ -57,6 +60,7 @@ public sealed class SandboxCreateOptions
             Isolation = Isolation,
             Resources = anyResource ? new ResourcesDto { Cpus = Cpus, MemoryMiB = MemoryMiB, DiskMiB = DiskMiB, Pids = Pids, OpenFiles = OpenFiles } : null,
             TimeoutSeconds = timeoutSeconds,
+            OnTimeout = OnTimeout,
             Network = Network,
             Env = Env is { Count: > 0 } ? new Dictionary<string, string>(Env, StringComparer.Ordinal) : null,
             Metadata = Metadata is { Count: > 0 } ? new Dictionary<string, string>(Metadata, StringComparer.Ordinal) : null,

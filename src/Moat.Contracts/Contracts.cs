@@ -95,6 +95,8 @@ public sealed record CreateSandboxRequest
     public ResourcesDto? Resources { get; init; }
     /// <summary>Lifetime in seconds from now.</summary>
     public long? TimeoutSeconds { get; init; }
+    /// <summary>kill (default) or pause: what happens when the lifetime ends.</summary>
+    public string? OnTimeout { get; init; }
     /// <summary>Network policy.</summary>
     public NetworkDto? Network { get; init; }
     /// <summary>Environment for every command.</summary>
@@ -122,6 +124,8 @@ public sealed record SandboxDto
     public required NetworkDto Network { get; init; }
     /// <summary>Lifetime requested, in seconds.</summary>
     public long TimeoutSeconds { get; init; }
+    /// <summary>kill or pause: what happens when the lifetime ends.</summary>
+    public string OnTimeout { get; init; } = "kill";
     /// <summary>When it was created.</summary>
     public DateTimeOffset CreatedAt { get; init; }
     /// <summary>When its agent first answered.</summary>
@@ -165,8 +169,10 @@ public sealed record SandboxListResponse(IReadOnlyList<SandboxDto> Sandboxes);
 /// <summary>POST /v1/sandboxes/{id}/timeout.</summary>
 public sealed record SetTimeoutRequest
 {
-    /// <summary>New lifetime, counted from now.</summary>
+    /// <summary>New lifetime, counted from now (for a paused sandbox: from its resume).</summary>
     public long? TimeoutSeconds { get; init; }
+    /// <summary>kill or pause; unchanged when absent.</summary>
+    public string? OnTimeout { get; init; }
 }
 
 /// <summary>POST /v1/sandboxes/{id}/exec.</summary>

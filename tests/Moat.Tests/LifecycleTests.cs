@@ -53,6 +53,30 @@ public sealed class LifecycleTests(NodeFixture node) : SandboxTestBase(node), IC
     }
 
     [SkippableTheory, MemberData(nameof(Tiers.All), MemberType = typeof(Tiers))]
+    public async Task With_onTimeout_pause_the_lifetime_end_pauses_and_a_resume_keeps_the_files(IsolationTier tier)
+    {
+        var sb = await CreateAsync(tier, timeoutSeconds: 120);
+        await ShAsync(sb.Id, "echo kept > /home/user/kept.txt");
+        var set = await Manager.SetTimeoutAsync(sb.Id, Tenant, TimeSpan.FromSeconds(1), CancellationToken.None, TimeoutAction.Pause);
+        Assert.Equal(TimeoutAction.Pause, set.Spec.OnTimeout);
+        await Task.Delay(1500);
+        await Manager.ReapExpiredAsync(CancellationToken.None);
+        var paused = await Manager.GetAsync(sb.Id, Tenant, CancellationToken.None);
+        Assert.Equal(SandboxState.Paused, paused.State);
+        Assert.Equal("timeout", paused.StateReason);
+        // Host oracle: the runtime instance is still there (paused, not torn down).
+        Assert.NotNull(await Manager.Runtimes.Find(tier)!.ReadUsageAsync(paused.Instance!, CancellationToken.None));
+        // Reaping again leaves a paused sandbox alone; a new lifetime set while paused counts from the resume.
+        await Manager.ReapExpiredAsync(CancellationToken.None);
+        await Manager.SetTimeoutAsync(sb.Id, Tenant, TimeSpan.FromSeconds(60), CancellationToken.None);
+        var resumed = await Manager.ResumeAsync(sb.Id, Tenant, CancellationToken.None);
+        Assert.Equal(SandboxState.Running, resumed.State);
+        Assert.Null(resumed.StateReason);
+        Assert.True(resumed.ExpiresAt > DateTimeOffset.UtcNow + TimeSpan.FromSeconds(50));
+        Assert.Equal("kept\n", (await ShAsync(sb.Id, "cat /home/user/kept.txt")).Stdout);
+    }
+
+    [SkippableTheory, MemberData(nameof(Tiers.All), MemberType = typeof(Tiers))]
     public async Task Killing_the_agent_marks_the_sandbox_failed_and_cleans_it(IsolationTier tier)
     {
         var sb = await CreateAsync(tier);

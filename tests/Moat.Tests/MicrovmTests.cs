@@ -17,5 +17,8 @@ public sealed class MicrovmTests(NodeFixture node) : SandboxTestBase(node), ICla
         var status = (await Manager.Runtimes.StatusAsync(CancellationToken.None)).Single(s => s.Tier == Vm);
         Assert.Equal(status.Details["kernel"], inside);
         Assert.NotEqual(host, inside);
+        // Network mode none: no NIC at all, loopback only, and up (the agent brings it up).
+        var links = (await ShAsync(sb.Id, "ls /sys/class/net; cat /sys/class/net/lo/flags")).Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(["lo", "0x9"], links);
     }
 }

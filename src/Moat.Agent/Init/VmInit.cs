@@ -15,6 +15,8 @@ internal sealed record VmSettings
     public long Pids { get; init; } = 1024;
     /// <summary>RLIMIT_NOFILE of the agent and so of every command.</summary>
     public ulong OpenFiles { get; init; } = 4096;
+    /// <summary>The guest's NIC configuration, when the host gave it one (network modes allow and open).</summary>
+    public GuestNetworkSettings? Network { get; init; }
 }
 
 /// <summary>
@@ -61,6 +63,10 @@ internal static unsafe class VmInit
             return false;
         if (!KernelModules.LoadListed("/moat/modules.load"))
             AgentLog.Write("some kernel modules did not load; trying anyway");
+        // Loopback always; eth0 only when the host gave the VM a NIC (a sandbox told it has a
+        // network that it has not would fail in confusing ways later: refuse to serve instead).
+        if (!GuestNetwork.Configure(settings.Network) && settings.Network is not null)
+            return false;
 
         string? rootDisk = WaitForDisk(RootSerial), scratchDisk = WaitForDisk(ScratchSerial);
         if (rootDisk is null || scratchDisk is null)
@@ -127,6 +133,8 @@ internal static unsafe class VmInit
             if (sethostname(p, (nuint)name.Length) < 0)
                 AgentLog.Write($"sethostname failed (errno {Libc.Errno})");
         }
+        if (settings.Network is { } network)
+            GuestNetwork.WriteResolvConf(network);
         var nofile = new RLimit { Current = settings.OpenFiles, Max = settings.OpenFiles };
         var core = new RLimit();
         if (setrlimit(RLIMIT_NOFILE, &nofile) < 0 || setrlimit(RLIMIT_CORE, &core) < 0)

@@ -18,6 +18,13 @@ public interface ISandboxRuntime
     /// </summary>
     string? NetworkProblem => null;
 
+    /// <summary>
+    /// Whether the sandbox's network reaches it through a tap device (a VM's NIC) rather than the
+    /// namespace's own interface: the manager then has the network controller make one and passes it
+    /// in <see cref="SandboxLaunch.Tap"/>.
+    /// </summary>
+    bool NeedsTapDevice => false;
+
     /// <summary>Checks whether this host can run the tier, and says why not.</summary>
     Task<TierStatus> ProbeAsync(CancellationToken cancellationToken);
 
@@ -105,6 +112,8 @@ public sealed record SandboxLaunch
     public string Hostname { get; init; } = "sandbox";
     /// <summary>The sandbox's network namespace and link, or null for loopback only (network mode none).</summary>
     public Networking.NetworkAttachment? Network { get; init; }
+    /// <summary>The tap device for a VM's NIC in <see cref="Network"/>'s namespace (only for runtimes that <see cref="ISandboxRuntime.NeedsTapDevice"/>).</summary>
+    public Networking.TapDevice? Tap { get; init; }
     /// <summary>A memory checkpoint (see <see cref="ISandboxRuntime.CheckpointAsync"/>) to resume instead of booting fresh, or null.</summary>
     public string? RestoreFrom { get; init; }
 }

@@ -31,6 +31,12 @@ public sealed partial class SandboxManager
     [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId} paused")]
     private static partial void LogPaused(ILogger logger, string sandboxId);
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId} reached its timeout and was paused (onTimeout=pause)")]
+    private static partial void LogPausedForTimeout(ILogger logger, string sandboxId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Sandbox {SandboxId} reached its timeout with onTimeout=pause but could not be paused; ending it")]
+    private static partial void LogPauseForTimeoutFailed(ILogger logger, string sandboxId, Exception exception);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId} resumed")]
     private static partial void LogResumed(ILogger logger, string sandboxId);
 

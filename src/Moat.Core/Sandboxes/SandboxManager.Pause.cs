@@ -13,6 +13,32 @@ public sealed partial class SandboxManager
     public async Task<SandboxRecord> PauseAsync(string id, string tenantId, CancellationToken cancellationToken)
     {
         var live = await LiveOfAsync(id, tenantId, cancellationToken).ConfigureAwait(false);
+        return await PauseLiveAsync(live, remainingAfterResume: null, reason: null, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The reaper's pause for a sandbox created with onTimeout=pause. When resumed it gets its
+    /// requested lifetime again (or the one set while paused). False when it could not be paused
+    /// (the caller then ends it: a lifetime that is over never leaves a sandbox running).
+    /// </summary>
+    private async Task<bool> PauseForTimeoutAsync(LiveSandbox live, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await PauseLiveAsync(live, live.Record.Spec.Timeout, "timeout", cancellationToken).ConfigureAwait(false);
+            LogPausedForTimeout(_logger, live.Record.Id);
+            return true;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            LogPauseForTimeoutFailed(_logger, live.Record.Id, ex);
+            return live.Record.State == SandboxState.Paused;
+        }
+    }
+
+    private async Task<SandboxRecord> PauseLiveAsync(LiveSandbox live, TimeSpan? remainingAfterResume, string? reason, CancellationToken cancellationToken)
+    {
+        string id = live.Record.Id;
         await live.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -37,7 +63,8 @@ public sealed partial class SandboxManager
             {
                 State = SandboxState.Paused,
                 PausedAt = now,
-                RemainingWhenPaused = live.Record.ExpiresAt - now,
+                RemainingWhenPaused = remainingAfterResume ?? live.Record.ExpiresAt - now,
+                StateReason = reason,
             };
             await _store.UpdateAsync(live.Record, CancellationToken.None).ConfigureAwait(false);
             LogPaused(_logger, id);
@@ -80,6 +107,7 @@ public sealed partial class SandboxManager
                 State = SandboxState.Running,
                 ExpiresAt = now + (live.Record.RemainingWhenPaused ?? TimeSpan.Zero),
                 RemainingWhenPaused = null,
+                StateReason = null,
             };
             await _store.UpdateAsync(live.Record, CancellationToken.None).ConfigureAwait(false);
             LogResumed(_logger, id);

@@ -133,6 +133,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
         {
             // The network first: the runtime starts the sandbox inside the namespace it made.
             var network = _network is null ? null : await _network.AttachAsync(record.Id, spec.Network, linked.Token).ConfigureAwait(false);
+            var tap = network is not null && runtime.NeedsTapDevice ? await _network!.CreateTapAsync(record.Id, linked.Token).ConfigureAwait(false) : null;
             var instance = await runtime.StartAsync(new SandboxLaunch
             {
                 Id = record.Id,
@@ -140,6 +141,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
                 Template = template,
                 Resources = spec.Resources,
                 Network = network,
+                Tap = tap,
                 RestoreFrom = template.CheckpointTier is null ? null : CheckpointDirectory(template.Id),
             }, linked.Token).ConfigureAwait(false);
             live.Record = record with { Instance = instance };
@@ -216,9 +218,10 @@ public sealed partial class SandboxManager : IAsyncDisposable
     }
 
     /// <summary>Sets the sandbox's lifetime to end <paramref name="timeout"/> from now.</summary>
-    public async Task<SandboxRecord> SetTimeoutAsync(string id, string tenantId, TimeSpan timeout, CancellationToken cancellationToken)
+    public async Task<SandboxRecord> SetTimeoutAsync(string id, string tenantId, TimeSpan timeout, CancellationToken cancellationToken, TimeoutAction? onTimeout = null)
     {
-        var live = await RunningAsync(id, tenantId, cancellationToken).ConfigureAwait(false);
+        // A paused sandbox takes a new lifetime too: it counts from its resume.
+        var live = await LiveOfAsync(id, tenantId, cancellationToken).ConfigureAwait(false);
         if (timeout <= TimeSpan.Zero || timeout > TimeSpan.FromDays(3650))
             throw MoatException.Invalid("invalid_timeout", $"timeoutSeconds must be positive, got {timeout.TotalSeconds}");
         if (_options.Limits.MaxTimeout is { } max && timeout > max)
@@ -228,9 +231,14 @@ public sealed partial class SandboxManager : IAsyncDisposable
         {
             if (live.Record.State.IsTerminal() || live.Record.State == SandboxState.Stopping)
                 throw NotRunning(live.Record);
+            if (live.Record.State is not (SandboxState.Running or SandboxState.Paused))
+                throw NotRunning(live.Record);
             foreach (var hook in _hooks)
                 hook.AdmitTimeout(live.Record, _time.GetUtcNow() + timeout);
-            live.Record = live.Record with { ExpiresAt = _time.GetUtcNow() + timeout };
+            var spec = onTimeout is { } action ? live.Record.Spec with { OnTimeout = action } : live.Record.Spec;
+            live.Record = live.Record.State == SandboxState.Paused
+                ? live.Record with { Spec = spec, RemainingWhenPaused = timeout, ExpiresAt = _time.GetUtcNow() + timeout }
+                : live.Record with { Spec = spec, ExpiresAt = _time.GetUtcNow() + timeout };
             await _store.UpdateAsync(live.Record, cancellationToken).ConfigureAwait(false);
             return live.Record;
         }
@@ -274,6 +282,8 @@ public sealed partial class SandboxManager : IAsyncDisposable
         var expired = _live.Values.Where(l => l.Record.State == SandboxState.Running && l.Record.ExpiresAt <= now).ToList();
         await Parallel.ForEachAsync(expired, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = cancellationToken }, async (live, ct) =>
         {
+            if (live.Record.Spec.OnTimeout == TimeoutAction.Pause && await PauseForTimeoutAsync(live, ct).ConfigureAwait(false))
+                return;
             LogExpired(_logger, live.Record.Id);
             await EndAsync(live, SandboxState.Stopped, "timeout", ct).ConfigureAwait(false);
         }).ConfigureAwait(false);

@@ -71,6 +71,30 @@ public sealed record NetworkPolicy(NetworkMode Mode, IReadOnlyList<string> Allow
     public static readonly NetworkPolicy None = new(NetworkMode.None, []);
 }
 
+/// <summary>What happens to a sandbox when its lifetime ends.</summary>
+public enum TimeoutAction
+{
+    /// <summary>It is stopped and its resources freed (the default).</summary>
+    Kill,
+    /// <summary>It is paused: memory and files kept, no CPU, until resumed or deleted.</summary>
+    Pause,
+}
+
+/// <summary>Parsing of <see cref="TimeoutAction"/> as the API spells it.</summary>
+public static class TimeoutActions
+{
+    /// <summary>kill or pause, or null for anything else.</summary>
+    public static TimeoutAction? TryParse(string? value) => value?.ToLowerInvariant() switch
+    {
+        "kill" => TimeoutAction.Kill,
+        "pause" => TimeoutAction.Pause,
+        _ => null,
+    };
+
+    /// <summary>The API's name.</summary>
+    public static string Name(this TimeoutAction action) => action == TimeoutAction.Pause ? "pause" : "kill";
+}
+
 /// <summary>Everything needed to create a sandbox, validated.</summary>
 public sealed record SandboxSpec
 {
@@ -82,6 +106,8 @@ public sealed record SandboxSpec
     public ResourceLimits Resources { get; init; } = new();
     /// <summary>Lifetime from creation (or from the last extension).</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(5);
+    /// <summary>What the reaper does when the lifetime ends.</summary>
+    public TimeoutAction OnTimeout { get; init; } = TimeoutAction.Kill;
     /// <summary>Network policy.</summary>
     public NetworkPolicy Network { get; init; } = NetworkPolicy.None;
     /// <summary>Environment for every command (on top of the template's).</summary>

@@ -14,7 +14,7 @@ namespace Moat.Runtimes.Microvm;
 internal sealed record GuestKernel(string Image, string Release, IReadOnlyList<string> Modules)
 {
     /// <summary>Drivers the guest needs: the virtio transport of microvm, its disks and its serial port, and the filesystems of the sandbox's root.</summary>
-    public static readonly IReadOnlyList<string> Required = ["virtio_mmio", "virtio_blk", "virtio_console", "ext4", "overlay"];
+    public static readonly IReadOnlyList<string> Required = ["virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "ext4", "overlay"];
 
     /// <summary>Finds the kernel and works out its modules; a clear error when something is missing.</summary>
     public static GuestKernel Resolve(string image, string modulesOption)

@@ -16,7 +16,8 @@ namespace Moat.Runtimes.Microvm;
 /// The microVM tier: each sandbox is a QEMU <c>-M microvm</c> guest with its own kernel. The
 /// guest boots Moat's initramfs (the agent is its init), whose root is the template's shared
 /// read-only ext4 image under an overlay on the sandbox's own scratch volume; the agent talks
-/// over a virtio-serial port whose host end is a Unix socket QEMU listens on. No network device.
+/// over a virtio-serial port whose host end is a Unix socket QEMU listens on. A network device
+/// (virtio-net on a tap in the sandbox's network namespace) only when the policy needs one.
 /// QEMU is confined the way Firecracker's jailer confines its VMM: its own cgroup (joined before
 /// it starts), its seccomp sandbox, no monitor but Moat's QMP socket, an unprivileged user and an
 /// empty chroot once it has opened its files, and network, IPC and UTS namespaces of its own.
@@ -59,8 +60,12 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
     public IsolationTier Tier => IsolationTier.Microvm;
 
     /// <inheritdoc />
-    /// <remarks>The guest has no NIC yet: QEMU is not given the tap device the network controller can make.</remarks>
-    public string? NetworkProblem => "the microvm tier has no network interface yet (its guest gets no NIC); use network mode none, or the container or gvisor tier for allow and open";
+    /// <remarks>
+    /// With network mode allow or open the guest gets a virtio-net NIC on a tap device bridged to
+    /// the sandbox's link: it takes the link's address, so the gateway's rules for that address, the
+    /// egress proxy, the resolver and the limits apply to it exactly as to the other tiers.
+    /// </remarks>
+    public bool NeedsTapDevice => true;
 
     private string CacheDirectory => !string.IsNullOrEmpty(_options.ImageCache) ? _options.ImageCache : Path.Combine(_manager.DataDirectory, "cache", "microvm");
 
@@ -367,10 +372,17 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
         var hostname = IsHostname(launch.Hostname) ? launch.Hostname : "sandbox";
         string append = $"{GuestCommandLineBase(prepared.Accelerator)} -- --vm --listen virtio:moat.agent --hostname {hostname}"
             + $" --memory-mib {r.MemoryMiB} --pids {r.Pids} --nofile {r.OpenFiles}";
+        var tap = launch.Network is not null ? launch.Tap ?? throw new MoatException(ErrorKind.Internal, "network_attach_failed", $"sandbox {launch.Id} has a network but no tap device for its VM") : null;
+        if (tap is not null)
+            append += $" --net {tap.Address}/{tap.PrefixLength},{tap.Gateway},{tap.Dns},{tap.Mtu}";
         var user = VmmUser();
-        var args = new List<string>
+        // QEMU runs in network, IPC and UTS namespaces of its own; with a NIC, in the sandbox's
+        // network namespace, where the tap device is (it opens it before dropping root).
+        var args = tap is null
+            ? new List<string> { "unshare", "--net", "--ipc", "--uts", "--" }
+            : new List<string> { "nsenter", $"--net={tap.NamespacePath}", "unshare", "--ipc", "--uts", "--" };
+        args.AddRange(new List<string>
         {
-            "--net", "--ipc", "--uts", "--",
             Which(_options.Binary),
             "-name", $"moat-{launch.Id},debug-threads=on",
             "-machine", "microvm,memory-backend=mem",
@@ -399,7 +411,12 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
             // (QEMU 7.2 installs it first), and with every id and capability dropped they grant nothing.
             "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
             "-pidfile", paths.PidFile,
-        };
+        });
+        if (tap is not null)
+        {
+            args.AddRange(["-netdev", $"tap,id=net0,ifname={tap.Name},script=no,downscript=no",
+                "-device", $"virtio-net-device,netdev=net0,mac={tap.Mac}"]);
+        }
         if (user is not null)
             args.AddRange(["-runas", user, "-chroot", paths.Jail]);
         return args;
@@ -457,7 +474,7 @@ public sealed partial class QemuRuntime : ISandboxRuntime, IAsyncDisposable
         File.Delete(paths.LauncherPidFile);
         File.Delete(paths.PidFile);
         const string script = "echo $$ > \"$0\" && kill -STOP $$ && log=\"$1\" && shift && exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin setsid -f \"$@\" </dev/null >/dev/null 2>>\"$log\"";
-        var run = _runner.RunAsync("/bin/sh", ["-c", script, paths.LauncherPidFile, paths.Log, "unshare", .. qemuArgs],
+        var run = _runner.RunAsync("/bin/sh", ["-c", script, paths.LauncherPidFile, paths.Log, .. qemuArgs],
             new HostCommandOptions { Timeout = TimeSpan.FromSeconds(30) }, cancellationToken);
         int launcher = 0;
         try

@@ -21,6 +21,7 @@ public static class ApiMapping
         Resources = new ResourcesDto { Cpus = r.Spec.Resources.Cpus, MemoryMiB = r.Spec.Resources.MemoryMiB, DiskMiB = r.Spec.Resources.DiskMiB, Pids = r.Spec.Resources.Pids, OpenFiles = r.Spec.Resources.OpenFiles },
         Network = new NetworkDto { Mode = r.Spec.Network.Mode.ToString().ToLowerInvariant(), Allow = r.Spec.Network.Allow },
         TimeoutSeconds = (long)r.Spec.Timeout.TotalSeconds,
+        OnTimeout = r.Spec.OnTimeout.Name(),
         CreatedAt = r.CreatedAt,
         StartedAt = r.StartedAt,
         ExpiresAt = r.ExpiresAt,
@@ -65,6 +66,7 @@ public static class ApiMapping
         long timeout = request.TimeoutSeconds ?? options.DefaultTimeoutSeconds;
         if (timeout <= 0 || timeout > 10L * 365 * 86400)
             throw MoatException.Invalid("invalid_timeout", $"timeoutSeconds must be between 1 and {10L * 365 * 86400}, got {timeout}");
+        var onTimeout = ToTimeoutAction(request.OnTimeout) ?? TimeoutAction.Kill;
         var template = string.IsNullOrEmpty(request.Template) ? options.DefaultTemplate : request.Template;
         if (template.Length > 256)
             throw MoatException.Invalid("invalid_template", "template names are at most 256 characters");
@@ -74,10 +76,19 @@ public static class ApiMapping
             Tier = tier,
             Resources = resources,
             Timeout = TimeSpan.FromSeconds(timeout),
+            OnTimeout = onTimeout,
             Network = ToPolicy(request.Network),
             Env = request.Env ?? [],
             Metadata = request.Metadata ?? [],
         };
+    }
+
+    /// <summary>onTimeout from the API: null when absent, 400 when not kill or pause.</summary>
+    public static TimeoutAction? ToTimeoutAction(string? value)
+    {
+        if (value is null)
+            return null;
+        return TimeoutActions.TryParse(value) ?? throw MoatException.Invalid("invalid_on_timeout", $"onTimeout must be kill or pause, got '{value}'");
     }
 
     /// <summary>A network policy from the API.</summary>

@@ -112,12 +112,15 @@ internal static class SandboxEndpoints
     private static async Task<IResult> SetTimeoutAsync(HttpContext context, SandboxManager manager, string id)
     {
         var caller = context.Writer();
+        // Another tenant's sandbox is 404 before the body is looked at.
+        await manager.GetAsync(id, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
         var request = await Json.ReadAsync(context, MoatJson.Default.SetTimeoutRequest, new SetTimeoutRequest()).ConfigureAwait(false);
         if (request.TimeoutSeconds is not { } seconds)
             throw MoatException.Invalid("invalid_timeout", "timeoutSeconds is required");
         if (seconds <= 0 || seconds > 10L * 365 * 86400)
             throw MoatException.Invalid("invalid_timeout", $"timeoutSeconds must be between 1 and {10L * 365 * 86400}, got {seconds}");
-        var record = await manager.SetTimeoutAsync(id, caller.TenantId, TimeSpan.FromSeconds(seconds), context.RequestAborted).ConfigureAwait(false);
+        var onTimeout = ApiMapping.ToTimeoutAction(request.OnTimeout);
+        var record = await manager.SetTimeoutAsync(id, caller.TenantId, TimeSpan.FromSeconds(seconds), context.RequestAborted, onTimeout).ConfigureAwait(false);
         return Results.Json(record.ToDto(), MoatJson.Default.SandboxDto);
     }
 }

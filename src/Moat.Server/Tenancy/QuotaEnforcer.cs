@@ -19,6 +19,7 @@ public sealed class QuotaEnforcer(TenantService tenants, ISandboxStore store) : 
 
     private sealed class TenantLedger
     {
+        /// <summary>Held while a creation is admitted and while a reservation is released; guards <see cref="InFlight"/>.</summary>
         public readonly SemaphoreSlim Lock = new(1, 1);
         public readonly List<ResourceLimits> InFlight = [];
     }
@@ -31,8 +32,17 @@ public sealed class QuotaEnforcer(TenantService tenants, ISandboxStore store) : 
         {
             if (Interlocked.Exchange(ref _released, 1) != 0)
                 return;
-            lock (ledger.InFlight)
+            // Under the admission lock: an admission that has read the store (where this sandbox may
+            // still be "creating", not counted) must also see its reservation, or it is counted nowhere.
+            ledger.Lock.Wait();
+            try
+            {
                 ledger.InFlight.Remove(resources);
+            }
+            finally
+            {
+                ledger.Lock.Release();
+            }
         }
     }
 
@@ -55,8 +65,7 @@ public sealed class QuotaEnforcer(TenantService tenants, ISandboxStore store) : 
             // A creation in flight is in the store as "creating" once it has started: count those
             // through the reservations only, so nothing is counted twice.
             var used = live.Where(r => r.State != SandboxState.Creating).Select(r => r.Spec.Resources).ToList();
-            lock (ledger.InFlight)
-                used.AddRange(ledger.InFlight);
+            used.AddRange(ledger.InFlight);
             int count = used.Count;
             double cpus = used.Sum(r => r.Cpus);
             long memory = used.Sum(r => (long)r.MemoryMiB);
@@ -70,8 +79,7 @@ public sealed class QuotaEnforcer(TenantService tenants, ISandboxStore store) : 
                 throw Over("quota_memory", $"{ask.MemoryMiB} MiB of memory requested, {memory} MiB in use; this tenant's quota is {maxMemory} MiB");
             if (q.MaxDiskMiB is { } maxDisk && disk + ask.DiskMiB > maxDisk)
                 throw Over("quota_disk", $"{ask.DiskMiB} MiB of disk requested, {disk} MiB in use; this tenant's quota is {maxDisk} MiB");
-            lock (ledger.InFlight)
-                ledger.InFlight.Add(ask);
+            ledger.InFlight.Add(ask);
             return new Reservation(ledger, ask);
         }
         finally

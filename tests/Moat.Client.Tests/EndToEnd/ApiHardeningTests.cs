@@ -217,6 +217,85 @@ public sealed class ApiHardeningTests(ServerFixture server, ITestOutputHelper ou
     }
 
     [SkippableFact]
+    public async Task A_body_trickled_below_the_minimum_rate_is_dropped()
+    {
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(Server.Url.Host, Server.Url.Port);
+        await socket.SendAsync(Encoding.ASCII.GetBytes($"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {Server.AdminKey}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"));
+        // One byte every second: far under 1 KiB/s. Kestrel ends the request after its grace period.
+        var dropped = false;
+        var buffer = new byte[4096];
+        for (int i = 0; i < 60 && !dropped; i++)
+        {
+            try
+            {
+                await socket.SendAsync(" "u8.ToArray());
+                if (socket.Poll(1_000_000, SelectMode.SelectRead))
+                    dropped = true; // an answer (408/400) or the close
+            }
+            catch (SocketException)
+            {
+                dropped = true;
+            }
+        }
+        Assert.True(dropped, "a client sending 1 byte/s held its request open for 60 s");
+        using var http = Http();
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/healthz")).StatusCode);
+    }
+
+    [SkippableFact]
+    public async Task Lifecycle_races_answer_consistently_and_leave_nothing_running()
+    {
+        using var http = Http();
+        var created = await http.PostAsync("/v1/sandboxes", JsonBody("{\"template\":\"base\",\"isolation\":\"container\",\"timeoutSeconds\":120}"));
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        var id = JsonDocument.Parse(await created.Content.ReadAsStringAsync()).RootElement.GetProperty("id").GetString()!;
+        const string exec = "{\"cmd\":[\"echo\",\"hi\"]}";
+        // Exec on a paused sandbox: a 409, not a hang or a 500.
+        Assert.Equal(HttpStatusCode.OK, (await http.PostAsync($"/v1/sandboxes/{id}/pause", JsonBody("{}"))).StatusCode);
+        var (pausedStatus, pausedCode, _) = await ErrorOf(await http.PostAsync($"/v1/sandboxes/{id}/exec", JsonBody(exec)));
+        Assert.True(pausedStatus == HttpStatusCode.Conflict, $"exec on a paused sandbox: {pausedStatus} {pausedCode}");
+        // Delete during an exec, three deletes at once: every delete answers 204 (idempotent), the exec ends.
+        Assert.Equal(HttpStatusCode.OK, (await http.PostAsync($"/v1/sandboxes/{id}/resume", JsonBody("{}"))).StatusCode);
+        var running = http.PostAsync($"/v1/sandboxes/{id}/exec", JsonBody("{\"cmd\":[\"sleep\",\"30\"]}"));
+        await Task.Delay(500);
+        var deletes = await Task.WhenAll(Enumerable.Range(0, 3).Select(_ => http.DeleteAsync($"/v1/sandboxes/{id}")));
+        Assert.All(deletes, d => Assert.True(d.StatusCode is HttpStatusCode.NoContent or HttpStatusCode.NotFound, d.StatusCode.ToString()));
+        var ended = await running;
+        Assert.True((int)ended.StatusCode < 500 || ended.StatusCode == HttpStatusCode.ServiceUnavailable, $"exec cut by delete answered {ended.StatusCode}");
+        // Exec on the dead sandbox: 404 or 409 in the error shape.
+        var (deadStatus, _, _) = await ErrorOf(await http.PostAsync($"/v1/sandboxes/{id}/exec", JsonBody(exec)));
+        Assert.True(deadStatus is HttpStatusCode.NotFound or HttpStatusCode.Conflict, deadStatus.ToString());
+        var listed = await Client.ListSandboxesAsync(state: "creating,running,paused", cancellationToken: Timeout);
+        Assert.DoesNotContain(listed, s => s.Id == id);
+    }
+
+    [SkippableFact]
+    public async Task A_thousand_parallel_creates_never_pass_the_quota()
+    {
+        var (_, key) = await TenancyKit.NewTenantAsync(Server, "burst", new Moat.Contracts.QuotasDto { MaxSandboxes = 3 }, new Moat.Contracts.RateLimitsDto { CreatesPerMinute = 100000, RequestsPerMinute = 100000 }, Timeout);
+        using var http = Http(key);
+        var body = "{\"template\":\"base\",\"isolation\":\"container\",\"memoryMiB\":64,\"diskMiB\":64,\"timeoutSeconds\":120}";
+        var answers = await Task.WhenAll(Enumerable.Range(0, 1000).Select(async _ =>
+        {
+            using var r = await http.PostAsync("/v1/sandboxes", JsonBody(body));
+            return (r.StatusCode, await r.Content.ReadAsStringAsync());
+        }));
+        var byStatus = answers.GroupBy(a => a.StatusCode).ToDictionary(g => g.Key, g => g.Count());
+        var summary = string.Join(", ", byStatus.Select(kv => $"{(int)kv.Key}: {kv.Value}"));
+        Assert.True(!answers.Any(a => (int)a.StatusCode >= 500), summary);
+        Assert.True(byStatus.GetValueOrDefault(HttpStatusCode.Created) <= 3, $"creates passed a quota of 3: {summary}");
+        Assert.All(answers.Where(a => a.StatusCode != HttpStatusCode.Created), a => Assert.True(a.StatusCode is HttpStatusCode.UnprocessableEntity or HttpStatusCode.TooManyRequests, a.Item2));
+        // Accounting: the tenant holds exactly the sandboxes that were answered 201.
+        using var list = await http.GetAsync("/v1/sandboxes?state=creating,running");
+        var ids = JsonDocument.Parse(await list.Content.ReadAsStringAsync()).RootElement;
+        var live = (ids.ValueKind == JsonValueKind.Array ? ids : ids.GetProperty("sandboxes")).EnumerateArray().Select(e => e.GetProperty("id").GetString()!).ToList();
+        Assert.Equal(byStatus.GetValueOrDefault(HttpStatusCode.Created), live.Count);
+        foreach (var id in live)
+            await http.DeleteAsync($"/v1/sandboxes/{id}");
+    }
+
+    [SkippableFact]
     public async Task Exec_streams_ndjson_events_as_they_happen()
     {
         var sandbox = await CreateAsync();

@@ -4,7 +4,7 @@ using Moat.Core.Sandboxes;
 
 namespace Moat.Tests.Network;
 
-/// <summary>PUT /v1/sandboxes/{id}/network on a running sandbox, and the tiers that refuse network policies.</summary>
+/// <summary>PUT /v1/sandboxes/{id}/network on a running sandbox, and what a tier cannot change later.</summary>
 public sealed class PolicyChangeTests(NetworkFixture fixture) : NetworkTestBase(fixture)
 {
     [SkippableTheory, MemberData(nameof(Tiers.All), MemberType = typeof(Tiers))]
@@ -98,19 +98,14 @@ public sealed class PolicyChangeTests(NetworkFixture fixture) : NetworkTestBase(
     }
 
     [SkippableFact]
-    public async Task MicrovmRefusesNetworkPolicies()
+    public async Task MicrovmCreatedWithoutANetworkCannotGetOneLater()
     {
-        await RequireTierAsync(IsolationTier.Microvm);
-        foreach (var mode in new[] { "allow", "open" })
-        {
-            var (status, body) = await CreateRawAsync(IsolationTier.Microvm, mode, mode == "allow" ? ["allowed.test"] : []);
-            Assert.True(status == HttpStatusCode.BadRequest, $"{mode}: {(int)status} {body}");
-            var error = JsonDocument.Parse(body).RootElement.GetProperty("error");
-            Assert.Equal("network_unsupported_tier", error.GetProperty("code").GetString());
-            Assert.Contains("microvm", error.GetProperty("message").GetString());
-        }
-        // Nothing was left behind by the refusals.
-        var list = JsonDocument.Parse(await Api.GetStringAsync("v1/sandboxes?state=creating,running")).RootElement;
-        Assert.DoesNotContain(list.GetProperty("sandboxes").EnumerateArray(), s => s.GetProperty("isolation").GetString() == "microvm");
+        // A VM's NIC exists from boot or never: a sandbox made with mode none keeps loopback only.
+        var id = await CreateAsync(IsolationTier.Microvm, "none");
+        var (status, body) = await SetNetworkAsync(id, "allow", "allowed.test");
+        Assert.True(status == HttpStatusCode.Conflict, $"{(int)status} {body}");
+        Assert.Equal("network_change_unsupported", JsonDocument.Parse(body).RootElement.GetProperty("error").GetProperty("code").GetString());
+        var current = JsonDocument.Parse(await Api.GetStringAsync($"v1/sandboxes/{id}/network")).RootElement;
+        Assert.Equal("none", current.GetProperty("mode").GetString());
     }
 }

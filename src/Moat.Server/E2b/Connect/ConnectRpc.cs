@@ -199,7 +199,8 @@ internal static class ConnectRpc
             if (length < 0 || length > MaxMessageBytes)
                 throw new ConnectException(ConnectCode.ResourceExhausted, $"a request message is {length} bytes; the limit is {MaxMessageBytes}");
             var data = new byte[length];
-            await body.ReadExactlyAsync(data, context.RequestAborted).ConfigureAwait(false);
+            if (await body.ReadAtLeastAsync(data, length, throwOnEndOfStream: false, context.RequestAborted).ConfigureAwait(false) < length)
+                throw new ConnectException(ConnectCode.InvalidArgument, $"the request ended inside a {length}-byte message");
             if ((header[0] & EndStreamFlag) != 0)
                 yield break;
             yield return data;

@@ -51,8 +51,6 @@ internal static class E2bSandboxEndpoints
         var caller = context.Writer();
         var body = await Json.ReadAsync(context, E2bJson.Default.NewSandbox, new NewSandbox()).ConfigureAwait(false);
         var o = options.Value;
-        if (body.AutoPause == true)
-            throw MoatException.Invalid("unsupported", "autoPause (pausing instead of killing at the timeout) is not supported by Moat; pause explicitly with sandbox.pause()");
         if (body.Mcp is { ValueKind: not System.Text.Json.JsonValueKind.Null })
             throw MoatException.Invalid("unsupported", "MCP gateways are not supported by Moat");
         if (body.VolumeMounts is { ValueKind: System.Text.Json.JsonValueKind.Array } mounts && mounts.GetArrayLength() > 0)
@@ -69,6 +67,8 @@ internal static class E2bSandboxEndpoints
             Env = body.EnvVars,
             Metadata = body.Metadata,
             Network = NetworkOf(body),
+            // autoPause: the lifetime's end pauses the sandbox instead of killing it (connect resumes it).
+            OnTimeout = body.AutoPause == true ? "pause" : null,
         };
         var spec = await ApiMapping.ToSpecAsync(request, manager, context.RequestAborted).ConfigureAwait(false);
         var record = await manager.CreateAsync(spec, caller.TenantId, context.RequestAborted).ConfigureAwait(false);
