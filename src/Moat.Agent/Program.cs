@@ -146,8 +146,9 @@ internal static unsafe class Program
             StartedUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
             KernelRelease = KernelRelease(),
         };
+        IAgentTransport? parkable = null;
         if (signalFd >= 0)
-            loop.Post(() => loop.Add(signalFd, Native.EPOLLIN, new SignalPipe(signalFd, shutdown)));
+            loop.Post(() => loop.Add(signalFd, Native.EPOLLIN, new SignalPipe(signalFd, shutdown, () => parkable)));
         if (exitOnStdinEof)
             loop.Post(() => loop.Add(0, Native.EPOLLIN, new StdinWatch(shutdown)));
         loop.Start();
@@ -163,6 +164,7 @@ internal static unsafe class Program
             AgentLog.Write(ex.Message);
             return 1;
         }
+        parkable = transport;
         AgentLog.Info($"listening on {listen} (pid {Libc.getpid()})");
         Serve(transport, services);
         return 0;
@@ -179,7 +181,18 @@ internal static unsafe class Program
                 currentThread.Join();
             var channel = transport.Accept();
             if (channel is null)
+            {
+                // Parked for a memory checkpoint: no connection may stay open while it is taken.
+                if (transport.ParkIfRequested(() =>
+                {
+                    current?.Close("checkpoint", "the sandbox is being checkpointed; connect again afterwards");
+                    currentThread?.Join(TimeSpan.FromSeconds(5));
+                    current = null;
+                    currentThread = null;
+                }))
+                    continue;
                 return;
+            }
             // The newest connection wins: a restarted host simply connects again.
             current?.Close("replaced", "a newer connection replaced this one");
             var session = new AgentSession(channel, services);
@@ -258,14 +271,23 @@ internal static unsafe class Program
         }
     }
 
-    private sealed class SignalPipe(int fd, ShutdownCoordinator shutdown) : IFdHandler
+    private sealed class SignalPipe(int fd, ShutdownCoordinator shutdown, Func<IAgentTransport?> transport) : IFdHandler
     {
+        private const int SIGUSR1 = 10, SIGUSR2 = 12;
+
         public void OnEvents(uint events)
         {
             byte* buffer = stackalloc byte[16];
             nint n = Libc.read(fd, buffer, 16);
             for (int i = 0; i < n; i++)
-                shutdown.Begin($"signal {buffer[i]}", 2000, 128 + buffer[i]);
+            {
+                if (buffer[i] == SIGUSR1)
+                    transport()?.RequestPark();
+                else if (buffer[i] == SIGUSR2)
+                    transport()?.RequestUnpark();
+                else
+                    shutdown.Begin($"signal {buffer[i]}", 2000, 128 + buffer[i]);
+            }
         }
     }
 }

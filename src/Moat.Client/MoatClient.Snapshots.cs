@@ -15,10 +15,24 @@ public sealed partial class MoatClient
     /// <param name="cancellationToken">Cancels the request.</param>
     /// <returns>The snapshot.</returns>
     /// <exception cref="MoatConflictException">The name is taken, or the sandbox is not running.</exception>
-    public Task<SnapshotDto> SnapshotSandboxAsync(string sandboxId, string name, CancellationToken cancellationToken = default)
+    public Task<SnapshotDto> SnapshotSandboxAsync(string sandboxId, string name, CancellationToken cancellationToken = default) =>
+        SnapshotSandboxAsync(sandboxId, name, "filesystem", cancellationToken);
+
+    /// <summary>
+    /// Saves a sandbox as a named snapshot of the given kind: <c>filesystem</c> (its files) or
+    /// <c>memory</c> (its running processes, memory and files, on tiers whose capabilities list it;
+    /// a sandbox created from it resumes exactly where the source was, on the same tier).
+    /// </summary>
+    /// <param name="sandboxId">A running sandbox (a paused one too, for <c>filesystem</c>).</param>
+    /// <param name="name">The snapshot's (and template's) name.</param>
+    /// <param name="kind"><c>memory</c> or <c>filesystem</c>.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The snapshot.</returns>
+    /// <exception cref="MoatConflictException">The name is taken, the sandbox is not running, or its tier cannot take this kind (<c>snapshot_kind_unsupported</c>).</exception>
+    public Task<SnapshotDto> SnapshotSandboxAsync(string sandboxId, string name, string kind, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
-        var body = MoatTransport.Json(new CreateSnapshotRequest { Name = name }, MoatJson.Default.CreateSnapshotRequest);
+        var body = MoatTransport.Json(new CreateSnapshotRequest { Name = name, Kind = kind }, MoatJson.Default.CreateSnapshotRequest);
         return _transport.SendAsync(HttpMethod.Post, $"v1/sandboxes/{QueryString.Segment(sandboxId)}/snapshots", body, MoatJson.Default.SnapshotDto, bounded: true, cancellationToken);
     }
 
@@ -27,10 +41,23 @@ public sealed partial class MoatClient
     /// <param name="count">How many (1-50).</param>
     /// <param name="cancellationToken">Cancels the request.</param>
     /// <returns>The new sandboxes; disposing each kills it.</returns>
-    public async Task<IReadOnlyList<Sandbox>> ForkSandboxAsync(string sandboxId, int count = 1, CancellationToken cancellationToken = default)
+    public Task<IReadOnlyList<Sandbox>> ForkSandboxAsync(string sandboxId, int count = 1, CancellationToken cancellationToken = default) =>
+        ForkSandboxAsync(sandboxId, count, "filesystem", cancellationToken);
+
+    /// <summary>
+    /// Starts <paramref name="count"/> new sandboxes from a sandbox's current state: its files
+    /// (<c>filesystem</c>) or, with <c>memory</c>, its running processes too. Each fork has its own
+    /// id, agent session and fresh kernel entropy.
+    /// </summary>
+    /// <param name="sandboxId">The source (it keeps running).</param>
+    /// <param name="count">How many (1-50).</param>
+    /// <param name="kind"><c>memory</c> or <c>filesystem</c>.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The new sandboxes; disposing each kills it.</returns>
+    public async Task<IReadOnlyList<Sandbox>> ForkSandboxAsync(string sandboxId, int count, string kind, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
-        var body = MoatTransport.Json(new ForkRequest { Count = count }, MoatJson.Default.ForkRequest);
+        var body = MoatTransport.Json(new ForkRequest { Count = count, Kind = kind }, MoatJson.Default.ForkRequest);
         var forks = await _transport.SendAsync(HttpMethod.Post, $"v1/sandboxes/{QueryString.Segment(sandboxId)}/fork", body, MoatJson.Default.ForkResponse, bounded: true, cancellationToken).ConfigureAwait(false);
         return forks.Sandboxes.Select(info => new Sandbox(this, _transport, info)).ToList();
     }

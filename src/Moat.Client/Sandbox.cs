@@ -61,17 +61,31 @@ public sealed class Sandbox : IAsyncDisposable
         return Info;
     }
 
-    /// <summary>Saves the sandbox's current files as a named snapshot (see <see cref="MoatClient.SnapshotSandboxAsync"/>).</summary>
+    /// <summary>Saves the sandbox's current files as a named snapshot (see <see cref="MoatClient.SnapshotSandboxAsync(string, string, CancellationToken)"/>).</summary>
     /// <param name="name">The snapshot's name.</param>
     /// <param name="cancellationToken">Cancels the request.</param>
     /// <returns>The snapshot.</returns>
     public Task<SnapshotDto> SnapshotAsync(string name, CancellationToken cancellationToken = default) => _client.SnapshotSandboxAsync(Id, name, cancellationToken);
 
-    /// <summary>Starts <paramref name="count"/> sandboxes from this one's current files (see <see cref="MoatClient.ForkSandboxAsync"/>).</summary>
+    /// <summary>Starts <paramref name="count"/> sandboxes from this one's current files (see <see cref="MoatClient.ForkSandboxAsync(string, int, CancellationToken)"/>).</summary>
     /// <param name="count">How many (1-50).</param>
     /// <param name="cancellationToken">Cancels the request.</param>
     /// <returns>The new sandboxes.</returns>
     public Task<IReadOnlyList<Sandbox>> ForkAsync(int count = 1, CancellationToken cancellationToken = default) => _client.ForkSandboxAsync(Id, count, cancellationToken);
+
+    /// <summary>Saves the sandbox as a named snapshot of a kind, <c>memory</c> or <c>filesystem</c> (see <see cref="MoatClient.SnapshotSandboxAsync(string, string, string, CancellationToken)"/>).</summary>
+    /// <param name="name">The snapshot's name.</param>
+    /// <param name="kind"><c>memory</c> or <c>filesystem</c>.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The snapshot.</returns>
+    public Task<SnapshotDto> SnapshotAsync(string name, string kind, CancellationToken cancellationToken = default) => _client.SnapshotSandboxAsync(Id, name, kind, cancellationToken);
+
+    /// <summary>Starts <paramref name="count"/> sandboxes from this one's current state, <c>memory</c> or <c>filesystem</c> (see <see cref="MoatClient.ForkSandboxAsync(string, int, string, CancellationToken)"/>).</summary>
+    /// <param name="count">How many (1-50).</param>
+    /// <param name="kind"><c>memory</c> or <c>filesystem</c>.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The new sandboxes.</returns>
+    public Task<IReadOnlyList<Sandbox>> ForkAsync(int count, string kind, CancellationToken cancellationToken = default) => _client.ForkSandboxAsync(Id, count, kind, cancellationToken);
 
     /// <summary>Ends the sandbox now. Killing one that already ended is not an error.</summary>
     /// <param name="cancellationToken">Cancels the request.</param>

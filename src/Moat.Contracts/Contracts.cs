@@ -29,7 +29,13 @@ public sealed record CapabilitiesResponse
 }
 
 /// <summary>One isolation tier on this host.</summary>
-public sealed record TierInfo(string Name, bool Usable, string Reason, IReadOnlyDictionary<string, string> Details);
+public sealed record TierInfo(string Name, bool Usable, string Reason, IReadOnlyDictionary<string, string> Details)
+{
+    /// <summary>Snapshot kinds this tier takes here (<c>filesystem</c>, <c>memory</c>); empty when it takes none.</summary>
+    public IReadOnlyList<string> SnapshotKinds { get; init; } = [];
+    /// <summary>Why memory snapshots are not available on this tier here, or null when they are.</summary>
+    public string? MemorySnapshotProblem { get; init; }
+}
 
 /// <summary>Limits of one sandbox.</summary>
 public sealed record LimitsInfo

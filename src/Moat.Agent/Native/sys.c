@@ -63,6 +63,9 @@ int moat_init_signals(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    // SIGUSR1/SIGUSR2: the host parks and un-parks the channel around a memory checkpoint.
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
     return fds[0];
 }
 

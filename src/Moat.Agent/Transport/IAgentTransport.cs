@@ -18,6 +18,18 @@ internal interface IAgentTransport : IDisposable
     /// <summary>Whether a connection returned earlier can coexist with a newer one (sockets: yes; a serial port: no).</summary>
     bool ReplacesOnAccept { get; }
 
+    /// <summary>Asks the transport to let go of every host resource before a memory checkpoint (from a signal; returns at once).</summary>
+    void RequestPark() { }
+
+    /// <summary>Lets a parked transport listen again (after the checkpoint, or in the restored sandbox).</summary>
+    void RequestUnpark() { }
+
+    /// <summary>
+    /// When a park was requested (<see cref="Accept"/> then returned null): closes the sessions,
+    /// releases the channel, blocks until un-parked, listens again and returns true. False otherwise.
+    /// </summary>
+    bool ParkIfRequested(Action closeSessions) => false;
+
     /// <summary>
     /// Creates the transport named by a --listen argument: <c>unix:PATH</c> or <c>virtio:NAME</c>.
     /// </summary>

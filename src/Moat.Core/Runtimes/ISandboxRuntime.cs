@@ -65,6 +65,26 @@ public interface ISandboxRuntime
     Task PauseAsync(RuntimeInstance instance, CancellationToken cancellationToken) =>
         throw new Errors.MoatException(Errors.ErrorKind.Conflict, "pause_unsupported", $"the {Tier.Name()} tier cannot pause sandboxes on this host");
 
+    /// <summary>
+    /// Snapshot kinds this tier can take here: <c>filesystem</c> (files only) and, where the
+    /// runtime can save a running sandbox, <c>memory</c> (processes, memory and files).
+    /// </summary>
+    IReadOnlyList<string> SnapshotKinds => [SnapshotKindNames.Filesystem];
+
+    /// <summary>Why this tier cannot take memory snapshots here (shown in capabilities and errors), or null when it can.</summary>
+    string? MemorySnapshotProblem => $"the {Tier.Name()} tier cannot save a running sandbox's memory";
+
+    /// <summary>
+    /// Saves the processes and memory of a running sandbox into <paramref name="imageDirectory"/>
+    /// (plus what the tier's restore needs beside the rootfs, e.g. its scratch /tmp) and lets it
+    /// run on. The agent channel is closed meanwhile: the caller reconnects once this returns.
+    /// <paramref name="whileFrozen"/> runs while the sandbox is frozen for the save (the caller
+    /// captures its writable layer there, so files and memory are of one instant). A sandbox
+    /// started with <see cref="SandboxLaunch.RestoreFrom"/> = that directory resumes from then.
+    /// </summary>
+    Task CheckpointAsync(RuntimeInstance instance, string imageDirectory, Func<CancellationToken, Task>? whileFrozen, CancellationToken cancellationToken) =>
+        throw new Errors.MoatException(Errors.ErrorKind.Conflict, "snapshot_kind_unsupported", MemorySnapshotProblem ?? $"the {Tier.Name()} tier cannot take memory snapshots");
+
     /// <summary>Thaws a paused sandbox exactly where it stopped.</summary>
     Task ResumeAsync(RuntimeInstance instance, CancellationToken cancellationToken) =>
         throw new Errors.MoatException(Errors.ErrorKind.Conflict, "pause_unsupported", $"the {Tier.Name()} tier cannot resume sandboxes on this host");
@@ -94,6 +114,17 @@ public sealed record SandboxLaunch
     public Networking.NetworkAttachment? Network { get; init; }
     /// <summary>The tap device for a VM's NIC in <see cref="Network"/>'s namespace (only for runtimes that <see cref="ISandboxRuntime.NeedsTapDevice"/>).</summary>
     public Networking.TapDevice? Tap { get; init; }
+    /// <summary>A memory checkpoint (see <see cref="ISandboxRuntime.CheckpointAsync"/>) to resume instead of booting fresh, or null.</summary>
+    public string? RestoreFrom { get; init; }
+}
+
+/// <summary>The snapshot kinds, as the API names them.</summary>
+public static class SnapshotKindNames
+{
+    /// <summary>Files only: a template of the sandbox's filesystem.</summary>
+    public const string Filesystem = "filesystem";
+    /// <summary>Processes, memory and files: restored sandboxes resume where the source was.</summary>
+    public const string Memory = "memory";
 }
 
 /// <summary>What identifies a started sandbox to its runtime; persisted so a restarted server finds it again.</summary>

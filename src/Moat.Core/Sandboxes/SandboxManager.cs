@@ -76,7 +76,9 @@ public sealed partial class SandboxManager : IAsyncDisposable
         RequireTierNetwork(runtime, spec.Network.Mode);
         var template = await _templates.ResolveAsync(spec.Template, tenantId, cancellationToken).ConfigureAwait(false)
             ?? throw new MoatException(ErrorKind.NotFound, "template_not_found", $"template '{spec.Template}' does not exist");
-        if (await TryClaimAsync(spec, template, tenantId, cancellationToken).ConfigureAwait(false) is { } claimed)
+        if (template.CheckpointTier is { } savedTier && savedTier != spec.Tier)
+            throw new MoatException(ErrorKind.Conflict, "snapshot_tier_mismatch", $"'{spec.Template}' is a memory snapshot of a {savedTier.Name()} sandbox: it resumes only on that tier (ask for isolation \"{savedTier.Name()}\")");
+        if (template.CheckpointTier is null && await TryClaimAsync(spec, template, tenantId, cancellationToken).ConfigureAwait(false) is { } claimed)
             return claimed;
         if (_live.Count + Volatile.Read(ref _creating) >= _options.MaxSandboxes)
             throw new MoatException(ErrorKind.Unavailable, "node_full", $"this node already runs {_live.Count} sandboxes (limit {_options.MaxSandboxes}); delete some or add capacity");
@@ -140,6 +142,7 @@ public sealed partial class SandboxManager : IAsyncDisposable
                 Resources = spec.Resources,
                 Network = network,
                 Tap = tap,
+                RestoreFrom = template.CheckpointTier is null ? null : CheckpointDirectory(template.Id),
             }, linked.Token).ConfigureAwait(false);
             live.Record = record with { Instance = instance };
             await _store.UpdateAsync(live.Record, linked.Token).ConfigureAwait(false);
@@ -166,6 +169,8 @@ public sealed partial class SandboxManager : IAsyncDisposable
             live.Attach(agent);
             await _store.UpdateAsync(live.Record, linked.Token).ConfigureAwait(false);
             Watch(live, agent);
+            if (template.CheckpointTier is not null)
+                await ReseedAsync(live, agent, linked.Token).ConfigureAwait(false);
             LogCreated(_logger, record.Id, (started - now).TotalMilliseconds);
             Notify(h => h.OnLifecycle(live.Record, SandboxEvents.Created, null));
             return live.Record;

@@ -21,6 +21,11 @@ public sealed record TemplateImage
     public ImageConfig Config { get; init; } = new();
     /// <summary>What a sandbox of this template starts in the background once it runs, if anything.</summary>
     public TemplateStart? Start { get; init; }
+    /// <summary>
+    /// For a memory snapshot: the tier whose checkpoint it holds (a sandbox from it resumes the
+    /// saved processes, on that tier only); null for an ordinary template.
+    /// </summary>
+    public Sandboxes.IsolationTier? CheckpointTier { get; init; }
 }
 
 /// <summary>

@@ -65,6 +65,16 @@ public abstract partial class OciBundleRuntime(ProcessRunner runner, OverlayRoot
 
     private IEnumerable<string> Args(RuntimeInstance instance, params string[] args) => [.. FlagsFor(instance), .. args];
 
+    /// <summary>The subcommand that starts the bundle from a memory checkpoint (after <c>FlagsFor</c>); only tiers that checkpoint override it.</summary>
+    protected virtual IReadOnlyList<string> RestoreCommand(string pidFile, string bundle, string imageDirectory, string id) =>
+        throw new MoatException(ErrorKind.Conflict, "snapshot_kind_unsupported", $"the {Tier.Name()} tier cannot restore memory snapshots");
+
+    /// <summary>Runs after a sandbox was started from a checkpoint, before the host connects to its agent.</summary>
+    protected virtual Task AfterRestoreAsync(RuntimeInstance instance, CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>Where a checkpoint keeps the sandbox's scratch /tmp (not part of the filesystem layer).</summary>
+    protected const string CheckpointTmp = "tmp";
+
     /// <inheritdoc />
     public async Task<TierStatus> ProbeAsync(CancellationToken cancellationToken)
     {
@@ -130,6 +140,8 @@ public abstract partial class OciBundleRuntime(ProcessRunner runner, OverlayRoot
             var tmp = Path.Combine(layout.ScratchMount, "tmp");
             Directory.CreateDirectory(tmp);
             File.SetUnixFileMode(tmp, (UnixFileMode)0x3FF); // 1777
+            if (launch.RestoreFrom is { } saved && Directory.Exists(Path.Combine(saved, CheckpointTmp)))
+                await runner.RunAsync("cp", ["-a", "--", Path.Combine(saved, CheckpointTmp) + "/.", tmp], new HostCommandOptions { Timeout = TimeSpan.FromSeconds(120) }, cancellationToken).ConfigureAwait(false);
             var bundle = Path.Combine(launch.Directory, "bundle");
             Directory.CreateDirectory(bundle);
             string? resolvConf = null;
@@ -143,10 +155,15 @@ public abstract partial class OciBundleRuntime(ProcessRunner runner, OverlayRoot
             await File.WriteAllTextAsync(Path.Combine(bundle, "config.json"), OciSpecBuilder.Serialize(spec), cancellationToken).ConfigureAwait(false);
             var pidFile = Path.Combine(launch.Directory, "init.pid");
             string id = launch.Id;
-            var (program, args) = await LauncherAsync(launch, [.. Args(instance, "run", "--detach", "--pid-file", pidFile, "--bundle", bundle, id)], cancellationToken).ConfigureAwait(false);
+            IReadOnlyList<string> command = launch.RestoreFrom is { } image
+                ? RestoreCommand(pidFile, bundle, image, id)
+                : ["run", "--detach", "--pid-file", pidFile, "--bundle", bundle, id];
+            var (program, args) = await LauncherAsync(launch, [.. FlagsFor(instance), .. command], cancellationToken).ConfigureAwait(false);
             await runner.RunAsync(program, args,
                 new HostCommandOptions { Timeout = TimeSpan.FromSeconds(60), InheritedOutput = line => LogAgentOutput(logger, id, line) }, cancellationToken).ConfigureAwait(false);
             int pid = int.Parse((await File.ReadAllTextAsync(pidFile, cancellationToken).ConfigureAwait(false)).Trim());
+            if (launch.RestoreFrom is not null)
+                await AfterRestoreAsync(instance, cancellationToken).ConfigureAwait(false);
             LogStarted(logger, id, prepared, clock.Elapsed.TotalMilliseconds - prepared);
             return instance with { Pid = pid, AgentPid = AgentIsInit ? pid : null };
         }

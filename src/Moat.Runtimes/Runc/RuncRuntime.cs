@@ -21,7 +21,7 @@ public sealed class RuncOptions : OciRuntimeOptions
 /// The container tier: runc running Moat's hardened bundle — namespaces, Moat's seccomp profile,
 /// cgroups, no capabilities for user code. It shares the host kernel.
 /// </summary>
-public sealed class RuncRuntime(ProcessRunner runner, OverlayRootfs rootfs, AgentLayer agentLayer, IOptions<RuncOptions> options, ILogger<RuncRuntime> logger)
+public sealed partial class RuncRuntime(ProcessRunner runner, OverlayRootfs rootfs, AgentLayer agentLayer, IOptions<RuncOptions> options, ILogger<RuncRuntime> logger)
     : OciBundleRuntime(runner, rootfs, agentLayer, options.Value, logger)
 {
     /// <inheritdoc />

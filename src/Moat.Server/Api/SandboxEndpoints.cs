@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Moat.Contracts;
+using Moat.Core.Runtimes;
 using Moat.Core.Errors;
 using Moat.Core.Sandboxes;
 using Moat.Core.State;
@@ -40,7 +41,13 @@ internal static class SandboxEndpoints
         {
             Version = MoatServer.Version,
             DefaultIsolation = defaultTier,
-            Tiers = status.Select(s => new TierInfo(s.Tier.Name(), s.Usable, s.Reason, s.Details)).ToList(),
+            Tiers = status.Select(s => manager.Runtimes.Find(s.Tier) is { } runtime && s.Usable
+                ? new TierInfo(s.Tier.Name(), s.Usable, s.Reason, s.Details)
+                {
+                    SnapshotKinds = runtime.SnapshotKinds,
+                    MemorySnapshotProblem = runtime.SnapshotKinds.Contains(SnapshotKindNames.Memory) ? null : runtime.MemorySnapshotProblem,
+                }
+                : new TierInfo(s.Tier.Name(), s.Usable, s.Reason, s.Details)).ToList(),
             Limits = new LimitsInfo
             {
                 MaxCpus = o.Limits.MaxCpus,

@@ -3,14 +3,16 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Moat.Contracts;
 using Moat.Core.Errors;
+using Moat.Core.Sandboxes;
 using Moat.Server.Auth;
 using Moat.Storage.Templates;
 
 namespace Moat.Server.Api;
 
 /// <summary>
-/// Filesystem snapshots and forks: a snapshot is a template of the tenant made from a sandbox's
-/// files (restore = create a sandbox from it); a fork starts N sandboxes from a sandbox's files now.
+/// Snapshots and forks: a snapshot is a template of the tenant made from a sandbox's files, and for
+/// kind <c>memory</c> its saved processes (restore = create a sandbox from it); a fork starts N
+/// sandboxes from a sandbox's state now.
 /// </summary>
 internal static class SnapshotEndpoints
 {
@@ -26,7 +28,8 @@ internal static class SnapshotEndpoints
     private static SnapshotDto ToDto(TemplateRecord t, int? changed = null) => new()
     {
         Name = t.Name,
-        Kind = "filesystem",
+        Kind = SandboxSnapshots.KindOf(t),
+        Isolation = SandboxSnapshots.CheckpointTierOf(t)?.Name(),
         SandboxId = SandboxSnapshots.SourceSandbox(t),
         ChangedEntries = changed,
         Template = TemplateApiMapping.ToDto(t),
@@ -38,7 +41,8 @@ internal static class SnapshotEndpoints
         var request = await Json.ReadAsync(context, MoatJson.Default.CreateSnapshotRequest, new CreateSnapshotRequest()).ConfigureAwait(false);
         if (string.IsNullOrWhiteSpace(request.Name))
             throw MoatException.Invalid("missing_name", "a snapshot needs a name: {\"name\": \"...\"}");
-        var snapshot = await snapshots.SnapshotAsync(id, caller.TenantId, request.Name, context.RequestAborted).ConfigureAwait(false);
+        var kind = SandboxSnapshots.ParseKind(request.Kind);
+        var snapshot = await snapshots.SnapshotAsync(id, caller.TenantId, request.Name, kind, context.RequestAborted).ConfigureAwait(false);
         return Results.Json(ToDto(snapshot.Template, snapshot.ChangedEntries), MoatJson.Default.SnapshotDto, statusCode: StatusCodes.Status201Created);
     }
 
@@ -46,7 +50,8 @@ internal static class SnapshotEndpoints
     {
         var caller = context.Writer();
         var request = await Json.ReadAsync(context, MoatJson.Default.ForkRequest, new ForkRequest()).ConfigureAwait(false);
-        var forks = await snapshots.ForkAsync(id, caller.TenantId, request.Count ?? 1, context.RequestAborted).ConfigureAwait(false);
+        var kind = SandboxSnapshots.ParseKind(request.Kind);
+        var forks = await snapshots.ForkAsync(id, caller.TenantId, request.Count ?? 1, kind, context.RequestAborted).ConfigureAwait(false);
         return Results.Json(new ForkResponse(forks.Select(f => f.ToDto()).ToList()), MoatJson.Default.ForkResponse, statusCode: StatusCodes.Status201Created);
     }
 
@@ -64,11 +69,12 @@ internal static class SnapshotEndpoints
         return Results.Json(ToDto(record), MoatJson.Default.SnapshotDto);
     }
 
-    private static async Task<IResult> DeleteAsync(HttpContext context, TemplateStore templates, TemplateCatalog catalog, string name)
+    private static async Task<IResult> DeleteAsync(HttpContext context, TemplateStore templates, TemplateCatalog catalog, SandboxSnapshots snapshots, string name)
     {
         var caller = context.Writer();
         var record = await FindAsync(templates, caller.TenantId, name, context.RequestAborted).ConfigureAwait(false);
         await catalog.DeleteAsync(record.Name, caller.TenantId, isOperator: false, context.RequestAborted).ConfigureAwait(false);
+        snapshots.DeleteCheckpoint(record);
         return Results.NoContent();
     }
 

@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Moat.Core.Errors;
+using Moat.Core.Runtimes;
 using Moat.Core.Sandboxes;
 using Moat.Storage.Oci;
 using Moat.Storage.Rootfs;
@@ -38,26 +39,58 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
     public static string? SourceSandbox(TemplateRecord template) =>
         template.Source.StartsWith(SourcePrefix, StringComparison.Ordinal) ? template.Source[SourcePrefix.Length..].Split(' ')[0] : null;
 
-    private static readonly IReadOnlyDictionary<string, long> NoBaseline = new Dictionary<string, long>();
+    /// <summary>What ends the <see cref="TemplateRecord.Source"/> of a memory snapshot, around the tier's name.</summary>
+    private const string MemoryMarker = " [memory ";
 
-    /// <summary>Snapshots the filesystem of a running or paused sandbox as the template <paramref name="name"/>.</summary>
-    public async Task<SandboxSnapshot> SnapshotAsync(string sandboxId, string tenantId, string name, CancellationToken cancellationToken)
+    /// <summary>The tier whose memory checkpoint a snapshot holds, or null for a filesystem snapshot (or any other template).</summary>
+    public static IsolationTier? CheckpointTierOf(TemplateRecord template)
     {
-        TemplateStore.ValidName(name);
-        if (await templates.GetExactAsync(name, tenantId, cancellationToken).ConfigureAwait(false) is not null)
-            throw new MoatException(ErrorKind.Conflict, "template_exists", $"a template named '{name}' exists already: pick another name or delete it first");
-        return await CaptureAsync(sandboxId, tenantId, name, hidden: false, cancellationToken).ConfigureAwait(false);
+        if (!template.Source.StartsWith(SourcePrefix, StringComparison.Ordinal))
+            return null;
+        int at = template.Source.LastIndexOf(MemoryMarker, StringComparison.Ordinal);
+        return at < 0 || !template.Source.EndsWith(']') ? null : IsolationTiers.TryParse(template.Source[(at + MemoryMarker.Length)..^1]);
     }
 
-    /// <summary>Starts <paramref name="count"/> sandboxes, each with its own identity, from the current filesystem of a sandbox.</summary>
-    public async Task<IReadOnlyList<SandboxRecord>> ForkAsync(string sandboxId, string tenantId, int count, CancellationToken cancellationToken)
+    /// <summary>The kind of a snapshot: <c>memory</c> or <c>filesystem</c>.</summary>
+    public static string KindOf(TemplateRecord template) => CheckpointTierOf(template) is null ? SnapshotKindNames.Filesystem : SnapshotKindNames.Memory;
+
+    private static readonly IReadOnlyDictionary<string, long> NoBaseline = new Dictionary<string, long>();
+
+    /// <summary>The kind a request names (null: <c>filesystem</c>, the kind every tier takes), validated.</summary>
+    public static string ParseKind(string? kind) => kind?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or SnapshotKindNames.Filesystem => SnapshotKindNames.Filesystem,
+        SnapshotKindNames.Memory => SnapshotKindNames.Memory,
+        _ => throw MoatException.Invalid("invalid_kind", $"kind must be \"memory\" or \"filesystem\", got \"{kind}\""),
+    };
+
+    /// <summary>
+    /// Snapshots a sandbox as the template <paramref name="name"/>: its files (<c>filesystem</c>, a
+    /// running or paused sandbox), or its processes, memory and files (<c>memory</c>, a running
+    /// sandbox of a tier that can checkpoint).
+    /// </summary>
+    public async Task<SandboxSnapshot> SnapshotAsync(string sandboxId, string tenantId, string name, string kind, CancellationToken cancellationToken)
+    {
+        TemplateStore.ValidName(name);
+        kind = ParseKind(kind);
+        if (await templates.GetExactAsync(name, tenantId, cancellationToken).ConfigureAwait(false) is not null)
+            throw new MoatException(ErrorKind.Conflict, "template_exists", $"a template named '{name}' exists already: pick another name or delete it first");
+        return await CaptureAsync(sandboxId, tenantId, name, hidden: false, kind == SnapshotKindNames.Memory, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Starts <paramref name="count"/> sandboxes, each with its own identity, from the current state
+    /// of a sandbox: its files (<c>filesystem</c>) or its running processes too (<c>memory</c>).
+    /// </summary>
+    public async Task<IReadOnlyList<SandboxRecord>> ForkAsync(string sandboxId, string tenantId, int count, string kind, CancellationToken cancellationToken)
     {
         if (count < 1 || count > MaxForks)
             throw MoatException.Invalid("invalid_count", $"count must be between 1 and {MaxForks}, got {count}");
+        kind = ParseKind(kind);
         var source = await manager.GetAsync(sandboxId, tenantId, cancellationToken).ConfigureAwait(false);
         await SweepForkTemplatesAsync(tenantId, cancellationToken).ConfigureAwait(false);
         var hidden = ForkPrefix + Guid.NewGuid().ToString("N")[..12];
-        var snapshot = await CaptureAsync(sandboxId, tenantId, hidden, hidden: true, cancellationToken).ConfigureAwait(false);
+        var snapshot = await CaptureAsync(sandboxId, tenantId, hidden, hidden: true, kind == SnapshotKindNames.Memory, cancellationToken).ConfigureAwait(false);
         var forks = new List<SandboxRecord>(count);
         try
         {
@@ -78,6 +111,7 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
             foreach (var fork in forks)
                 await manager.DeleteAsync(fork.Id, tenantId, CancellationToken.None).ConfigureAwait(false);
             await templates.DeleteAsync(hidden, tenantId, CancellationToken.None).ConfigureAwait(false);
+            DeleteCheckpoint(snapshot.Template);
             throw;
         }
     }
@@ -94,14 +128,43 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
         var live = await manager.ListAsync(new Moat.Core.State.SandboxQuery { TenantId = tenantId, States = SandboxStates.Alive, Limit = int.MaxValue }, cancellationToken).ConfigureAwait(false);
         var used = live.Select(s => s.Spec.Template).ToHashSet(StringComparer.Ordinal);
         foreach (var name in names.Where(n => !used.Contains(n)))
+        {
+            var record = await templates.GetExactAsync(name, tenantId, cancellationToken).ConfigureAwait(false);
             await templates.DeleteAsync(name, tenantId, cancellationToken).ConfigureAwait(false);
+            if (record is not null)
+                DeleteCheckpoint(record);
+        }
+    }
+
+    /// <summary>Removes the memory checkpoint of a snapshot whose template was deleted (nothing for a filesystem snapshot).</summary>
+    public void DeleteCheckpoint(TemplateRecord template)
+    {
+        if (CheckpointTierOf(template) is null)
+            return;
+        var directory = manager.CheckpointDirectory(templates.ToImage(template).Id);
+        try
+        {
+            if (Directory.Exists(directory))
+                Directory.Delete(directory, recursive: true);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            LogCheckpointCleanupFailed(logger, template.Name, ex.Message);
+        }
     }
 
     private const string ForkPrefix = "~fork-";
 
-    private async Task<SandboxSnapshot> CaptureAsync(string sandboxId, string tenantId, string name, bool hidden, CancellationToken cancellationToken)
+    private async Task<SandboxSnapshot> CaptureAsync(string sandboxId, string tenantId, string name, bool hidden, bool memory, CancellationToken cancellationToken)
     {
         var sandbox = await manager.GetAsync(sandboxId, tenantId, cancellationToken).ConfigureAwait(false);
+        if (memory)
+        {
+            if (sandbox.State != SandboxState.Running)
+                throw new MoatException(ErrorKind.Conflict, "sandbox_not_running", $"sandbox {sandboxId} is {sandbox.State.Name()}: only a running sandbox can be snapshotted with its memory (resume it first)");
+            if (manager.Runtimes.Find(sandbox.Spec.Tier) is { } runtime && !runtime.SnapshotKinds.Contains(SnapshotKindNames.Memory))
+                throw SandboxManager.MemoryUnsupported(runtime);
+        }
         if (sandbox.State is not (SandboxState.Running or SandboxState.Paused))
             throw new MoatException(ErrorKind.Conflict, "sandbox_not_running", $"sandbox {sandboxId} is {sandbox.State.Name()}: only a running or paused sandbox can be snapshotted");
         var upper = Path.Combine(OverlayRootfs.LayoutOf(Path.Combine(manager.Options.DataDirectory, "sandboxes", sandboxId)).ScratchMount, "upper");
@@ -110,28 +173,56 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
         var template = await templates.GetAsync(sandbox.Spec.Template, tenantId, cancellationToken).ConfigureAwait(false)
             ?? throw new MoatException(ErrorKind.Conflict, "template_gone", $"the template '{sandbox.Spec.Template}' of sandbox {sandboxId} no longer exists");
 
-        // Frozen, nothing in the sandbox can change the tree while it is read; a sandbox the caller
-        // had paused stays paused.
-        bool pausedHere = false;
-        if (sandbox.State == SandboxState.Running)
-        {
-            await manager.PauseAsync(sandboxId, tenantId, cancellationToken).ConfigureAwait(false);
-            pausedHere = true;
-        }
-        string? layer;
+        string? layer = null;
         int entries = 0;
-        try
+        async Task CaptureLayerAsync(CancellationToken ct)
         {
             layer = await templates.AddTarLayerAsync(async tar =>
             {
-                entries = await LayerDiff.WriteAsync(upper, NoBaseline, LayerDiff.PlatformEntries, tar, templates.Images.Limits, cancellationToken).ConfigureAwait(false);
+                entries = await LayerDiff.WriteAsync(upper, NoBaseline, LayerDiff.PlatformEntries, tar, templates.Images.Limits, ct).ConfigureAwait(false);
                 return entries;
-            }, cancellationToken).ConfigureAwait(false);
+            }, ct).ConfigureAwait(false);
         }
-        finally
+
+        // A memory snapshot's image is unique (its checkpoint directory is named by it), a
+        // filesystem snapshot's follows its content.
+        string nonce = memory ? Guid.NewGuid().ToString("N") : "";
+        string? checkpoint = null;
+        if (memory)
         {
-            if (pausedHere)
-                await manager.ResumeAsync(sandboxId, tenantId, CancellationToken.None).ConfigureAwait(false);
+            // The tier freezes the sandbox for the save and lets the layer be read meanwhile:
+            // files and memory are of one instant.
+            var staging = manager.CheckpointDirectory(".staging-" + nonce);
+            try
+            {
+                await manager.CheckpointAsync(sandboxId, tenantId, staging, CaptureLayerAsync, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                TryDelete(staging);
+                throw;
+            }
+            checkpoint = staging;
+        }
+        else
+        {
+            // Frozen, nothing in the sandbox can change the tree while it is read; a sandbox the
+            // caller had paused stays paused.
+            bool pausedHere = false;
+            if (sandbox.State == SandboxState.Running)
+            {
+                await manager.PauseAsync(sandboxId, tenantId, cancellationToken).ConfigureAwait(false);
+                pausedHere = true;
+            }
+            try
+            {
+                await CaptureLayerAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                if (pausedHere)
+                    await manager.ResumeAsync(sandboxId, tenantId, CancellationToken.None).ConfigureAwait(false);
+            }
         }
         var layers = template.Layers.ToList();
         if (layer is not null)
@@ -140,21 +231,51 @@ public sealed partial class SandboxSnapshots(TemplateStore templates, SandboxMan
         {
             Tenant = tenantId,
             Name = name,
-            ImageId = ImageAssembly.DigestOf(Encoding.UTF8.GetBytes(string.Join('\n', layers) + JsonSerializer.Serialize(template.Config, StorageJson.Default.ImageConfig))),
+            ImageId = ImageAssembly.DigestOf(Encoding.UTF8.GetBytes(string.Join('\n', layers) + JsonSerializer.Serialize(template.Config, StorageJson.Default.ImageConfig) + nonce)),
             Layers = layers,
             Config = template.Config,
             Start = template.Start,
-            Source = $"{SourcePrefix}{sandboxId} ({template.Name})",
+            Source = $"{SourcePrefix}{sandboxId} ({template.Name})" + (memory ? $"{MemoryMarker}{sandbox.Spec.Tier.Name()}]" : ""),
         };
-        var saved = hidden
-            ? await templates.SaveHiddenAsync(record, cancellationToken).ConfigureAwait(false)
-            : await templates.SaveAsync(record, cancellationToken).ConfigureAwait(false);
-        LogSnapshot(logger, sandboxId, name, entries);
+        TemplateRecord saved;
+        try
+        {
+            if (checkpoint is not null)
+                Directory.Move(checkpoint, manager.CheckpointDirectory(templates.ToImage(record).Id));
+            saved = hidden
+                ? await templates.SaveHiddenAsync(record, cancellationToken).ConfigureAwait(false)
+                : await templates.SaveAsync(record, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (checkpoint is not null)
+            {
+                TryDelete(checkpoint);
+                TryDelete(manager.CheckpointDirectory(templates.ToImage(record).Id));
+            }
+            throw;
+        }
+        LogSnapshot(logger, sandboxId, memory ? SnapshotKindNames.Memory : SnapshotKindNames.Filesystem, name, entries);
         return new SandboxSnapshot(saved, sandboxId, entries);
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId}: filesystem snapshot {Name} ({Entries} changed entries)")]
-    private static partial void LogSnapshot(ILogger logger, string sandboxId, string name, int entries);
+    private static void TryDelete(string directory)
+    {
+        try
+        {
+            if (Directory.Exists(directory))
+                Directory.Delete(directory, recursive: true);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId}: {Kind} snapshot {Name} ({Entries} changed entries)")]
+    private static partial void LogSnapshot(ILogger logger, string sandboxId, string kind, string name, int entries);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Snapshot {Name}: its memory checkpoint could not be removed: {Error}")]
+    private static partial void LogCheckpointCleanupFailed(ILogger logger, string name, string error);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Sandbox {SandboxId}: forked {Count} sandboxes ({Entries} changed entries)")]
     private static partial void LogForked(ILogger logger, string sandboxId, int count, int entries);

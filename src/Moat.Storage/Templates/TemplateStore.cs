@@ -79,6 +79,7 @@ public sealed partial class TemplateStore(SqliteDatabase database, ImageStore im
         LayerPaths = record.Layers.Select(images.LayerPath).ToList(),
         Config = record.Config,
         Start = record.Start,
+        CheckpointTier = SandboxSnapshots.CheckpointTierOf(record),
     };
 
     /// <summary>The template a tenant means by <paramref name="name"/>: its own, else a public one.</summary>
