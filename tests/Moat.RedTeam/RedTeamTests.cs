@@ -180,7 +180,8 @@ public sealed class RedTeamTests(NodeFixture node, ITestOutputHelper output) : S
     private static async Task<string> CompileProbeAsync()
     {
         var source = Path.Combine(AppContext.BaseDirectory, "Probes", "probe.c");
-        var binary = Path.Combine(Path.GetTempPath(), $"moat-redteam-probe-{Environment.ProcessId}");
+        // Next to the tests (bin/, rebuilt every run), not in /tmp where every run would leave one.
+        var binary = Path.Combine(AppContext.BaseDirectory, "moat-redteam-probe");
         using var gcc = Process.Start(new ProcessStartInfo("gcc", ["-static", "-O1", "-o", binary, source]) { RedirectStandardError = true })!;
         var errors = await gcc.StandardError.ReadToEndAsync();
         await gcc.WaitForExitAsync();
