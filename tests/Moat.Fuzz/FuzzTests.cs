@@ -36,6 +36,15 @@ public sealed class FuzzTests(ITestOutputHelper output)
     public void Connect_envelopes(int seed) =>
         Run(FuzzTargets.ConnectEnvelopes, EnvelopeSeeds(), seed, Iterations);
 
+    /// <summary>
+    /// Regression for the long run's finding (MOAT_FUZZ_ITERATIONS=150000): a tar header whose
+    /// base-256 numeric field overflows made System.Formats.Tar throw OverflowException out of the
+    /// unpacker instead of a rejected layer. The same seed and count replay the input.
+    /// </summary>
+    [Fact]
+    public void Long_run_finding_a_tar_header_that_overflows_is_a_rejected_layer() =>
+        Run(FuzzTargets.LayerTar, TarSeeds(), 1, 150000 / 7);
+
     /// <summary>Tar-slip into the host: every escaping entry is refused, on its own and after a symlink.</summary>
     [Fact]
     public void Tar_slip_entries_are_refused()

@@ -95,7 +95,7 @@ public static class LayerUnpacker
             try
             {
                 await using var reader = new TarReader(tar, leaveOpen: true);
-                while (await reader.GetNextEntryAsync(copyData: false, cancellationToken).ConfigureAwait(false) is { } entry)
+                while (await NextEntryAsync(reader, cancellationToken).ConfigureAwait(false) is { } entry)
                 {
                     cancellationToken.ThrowIfCancellationRequested();
                     if (entry.EntryType == TarEntryType.GlobalExtendedAttributes)
@@ -112,6 +112,23 @@ public static class LayerUnpacker
             finally
             {
                 ResetChain();
+            }
+        }
+
+        /// <summary>
+        /// The next header. A header whose numeric fields overflow (System.Formats.Tar throws
+        /// OverflowException for some base-256 values; found by the long fuzz run) is a malformed
+        /// layer like any other, not a server error.
+        /// </summary>
+        private static async ValueTask<TarEntry?> NextEntryAsync(TarReader reader, CancellationToken cancellationToken)
+        {
+            try
+            {
+                return await reader.GetNextEntryAsync(copyData: false, cancellationToken).ConfigureAwait(false);
+            }
+            catch (OverflowException ex)
+            {
+                throw new LayerRejectedException("invalid_layer", $"the layer has a malformed tar header: {ex.Message}");
             }
         }
 
