@@ -114,7 +114,7 @@ public sealed class JsonLogTests(ITestOutputHelper output) : IAsyncLifetime
     {
         if (_server is null || _server.HasExited)
             return;
-        Linux.Signal(_server.Id, 15);
+        ServeProcesses.Signal(_server.Id, 15);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         await _server.WaitForExitAsync(cts.Token);
         _server.WaitForExit(); // drain the redirected output
@@ -122,40 +122,5 @@ public sealed class JsonLogTests(ITestOutputHelper output) : IAsyncLifetime
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        if (_server is { HasExited: false })
-        {
-            using var http = Http();
-            try
-            {
-                var list = JsonNode.Parse(await http.GetStringAsync("v1/sandboxes"))!["sandboxes"]!.AsArray();
-                foreach (var s in list)
-                    await http.DeleteAsync($"v1/sandboxes/{(string)s!["id"]!}");
-            }
-            catch (HttpRequestException)
-            {
-            }
-            await StopServerAsync();
-        }
-        _server?.Dispose();
-        if (!File.ReadAllText("/proc/self/mountinfo").Contains(_data, StringComparison.Ordinal))
-        {
-            try
-            {
-                Directory.Delete(_data, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
-        }
-    }
-
-    private static class Linux
-    {
-        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-        private static extern int SysKill(int pid, int signal);
-
-        public static void Signal(int pid, int signal) => SysKill(pid, signal);
-    }
+    public Task DisposeAsync() => ServeProcesses.CleanUpAsync(_server, Http, StopServerAsync, _data);
 }
